@@ -1,0 +1,122 @@
+"""The scripted expert: solves a task from its ground truth, through the tools, by the policy.
+
+It authenticates the user, asks for every fact it needs that the user has not said yet
+(it never uses an id the conversation has not shown), confirms each write, and reports the
+facts the user must be told. Its words come from the domain's ``expert.yaml``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import random
+import re
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from trajgym.agents.base import EpisodeContext
+from trajgym.trajectories.schema import Action, FunctionCall, Intent, Message, Provenance, ToolCall
+
+_MY = re.compile(r"\bmy\b")
+
+# Which slots the expert must have heard before acting, per task family.
+_NEEDED = {
+    "order_status": ("order_id",),
+    "cancel_pending_order": ("order_id", "reason"),
+    "update_default_address": ("address",),
+    "modify_order_address": ("order_id", "address"),
+    "return_items": ("order_id", "items", "payment"),
+    "exchange_items": ("order_id", "items", "new_items", "payment"),
+    "modify_order_items": ("order_id", "items", "new_items", "payment"),
+    "modify_order_payment": ("order_id", "payment"),
+    "policy_refusal": ("order_id",),
+}
+
+
+def _addressed(slots: dict[str, str]) -> dict[str, str]:
+    """The user's facts as the agent says them back ('my card' -> 'your card')."""
+    return {k: _MY.sub("your", v) for k, v in slots.items()}
+
+
+@functools.cache
+def _phrasebook(env_id: str) -> dict[str, Any]:
+    domain = env_id.split("/")[-1].split("-")[0].lower()
+    package = importlib.import_module(f"trajgym.envs.{domain}").__name__
+    return yaml.safe_load(resources.files(package).joinpath("expert.yaml").read_text())  # type: ignore[no-any-return]
+
+
+class ScriptedExpert:
+    """Plays a task's gold solution as a natural, policy-following conversation."""
+
+    def __init__(self) -> None:
+        self._plan: Iterator[Message] | None = None
+        self._messages: Sequence[Message] = ()
+
+    @property
+    def provenance(self) -> Provenance:
+        """An expert trajectory."""
+        return Provenance(kind="expert", agent="ScriptedExpert")
+
+    def reset(self, context: EpisodeContext) -> None:
+        """Plan the episode from the task's ground truth."""
+        self.context = context
+        self.words = _phrasebook(context.task.env_id)
+        self.rng = random.Random(context.seed)
+        self.confirm_tools = set(context.confirm_tools)
+        self._calls = 0
+        self._plan = self._script()
+
+    def act(self, messages: Sequence[Message]) -> Message:
+        """The next step of the plan."""
+        assert self._plan is not None, "call reset() first"
+        self._messages = messages
+        return next(self._plan)
+
+    def _script(self) -> Iterator[Message]:
+        task = self.context.task
+        if task.auth_actions:
+            method = "email" if task.auth_actions[0].name.endswith("email") else "name_zip"
+            yield self._say(self._pick(self.words["ask_auth"][method]))
+            for action in task.auth_actions:
+                yield self._call(action)
+        for intent in task.goal.intents:
+            missing = [s for s in _NEEDED.get(intent.kind, ()) if not self._heard(intent.slots[s])]
+            if missing:
+                names = [self.words["slot_names"][s] for s in missing]
+                listed = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+                yield self._say(self._pick(self.words["ask_slots"]).format(slots=listed))
+            for action in intent.actions:
+                if action.name in self.confirm_tools:
+                    what = self.words["actions"][action.name].format(**_addressed(intent.slots))
+                    yield self._say(self._pick(self.words["confirm"]).format(action=what))
+                if action.name.startswith("transfer_to_human"):
+                    yield self._call(action, content=self._pick(self.words["transfer"]))
+                else:
+                    yield self._call(action)
+            yield self._say(f"{self._report(intent)} {self._pick(self.words['anything_else'])}".strip())
+        while True:
+            yield self._say(self._pick(self.words["anything_else"]))
+
+    def _report(self, intent: Intent) -> str:
+        template = self.words["reports"].get(intent.kind, "")
+        output = intent.outputs[0] if intent.outputs else ""
+        return str(template.format(output=output, **_addressed(intent.slots)))
+
+    def _heard(self, value: str) -> bool:
+        return any(value in m.text for m in self._messages if m.role == "user")
+
+    def _say(self, text: str) -> Message:
+        return Message(role="assistant", content=text)
+
+    def _call(self, action: Action, content: str | None = None) -> Message:
+        self._calls += 1
+        arguments = json.dumps(action.arguments, separators=(",", ":"))
+        call = ToolCall(id=f"call_{self._calls}", function=FunctionCall(name=action.name, arguments=arguments))
+        return Message(role="assistant", content=content, tool_calls=(call,))
+
+    def _pick(self, options: Sequence[str]) -> str:
+        return options[self.rng.randrange(len(options))]

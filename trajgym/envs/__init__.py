@@ -1,0 +1,35 @@
+"""Environments, registered with gymnasium under the ``trajgym/`` namespace."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import gymnasium
+
+from trajgym.errors import UnknownEnvironmentError
+
+# Bump -vN when tools, tasks or reward change, so recorded trajectories stay comparable.
+gymnasium.register(
+    id="trajgym/Retail-v0",
+    entry_point="trajgym.envs.retail:RetailEnv",
+    max_episode_steps=60,
+)
+
+
+def env_ids() -> list[str]:
+    """Every registered trajgym environment id."""
+    return sorted(i for i in gymnasium.registry if i.startswith("trajgym/"))
+
+
+def make(env_id: str, **kwargs: Any) -> gymnasium.Env[Any, Any]:
+    """``gymnasium.make`` with an error that suggests the id the user probably meant."""
+    if env_id not in gymnasium.registry:
+        known = env_ids()
+        guess = difflib.get_close_matches(env_id, known + [i.split("/")[1] for i in known], n=1)
+        hint = ""
+        if guess:
+            full = guess[0] if guess[0].startswith("trajgym/") else f"trajgym/{guess[0]}"
+            hint = f" Did you mean '{full}'?"
+        raise UnknownEnvironmentError(f"Unknown environment '{env_id}'.{hint} Run `trajgym envs`.")
+    return gymnasium.make(env_id, **kwargs)

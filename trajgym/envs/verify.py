@@ -1,0 +1,60 @@
+"""Checks on an episode's transcript: were the required facts told, were writes confirmed.
+
+The state half of verification (gold replay and hash comparison) lives in the env; these
+are the transcript halves, shared by every domain.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from trajgym.trajectories.schema import Message
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_AFFIRM = re.compile(
+    r"\b(yes|yeah|yep|sure|confirm|confirmed|go ahead|go for it|please do|proceed|do it|correct)\b",
+    re.IGNORECASE,
+)
+
+
+def outputs_told(outputs: Sequence[str], messages: Sequence[Message]) -> dict[str, bool]:
+    """Whether each required output appears in what the assistant said.
+
+    Numbers match by value within half a cent (so '$1,234.5' tells '1234.50'); other outputs
+    match case-insensitively as substrings.
+    """
+    said = " ".join(m.text for m in messages if m.role == "assistant")
+    lowered = said.lower()
+    numbers = [float(n) for n in _NUMBER.findall(said.replace(",", ""))]
+    result = {}
+    for output in outputs:
+        if _NUMBER.fullmatch(output):
+            value = float(output)
+            result[output] = any(abs(n - value) < 0.005 for n in numbers)
+        else:
+            result[output] = output.lower() in lowered
+    return result
+
+
+def unconfirmed_writes(messages: Sequence[Message], writes: Sequence[tuple[int, str]]) -> list[str]:
+    """Policy violations: successful writes not preceded by the user's fresh confirmation.
+
+    Args:
+        messages: The transcript (system, user, assistant and tool messages).
+        writes: (index of the assistant message that made it, tool name) for each successful
+            write, in order.
+    """
+    violations = []
+    first_user = next((i for i, m in enumerate(messages) if m.role == "user"), len(messages))
+    previous_write = -1
+    for index, name in writes:
+        consent = next(
+            (i for i in range(index - 1, -1, -1) if messages[i].role == "user"), first_user
+        )
+        if consent <= first_user or consent < previous_write or not _AFFIRM.search(
+            messages[consent].text
+        ):
+            violations.append(f"'{name}' was called without the user's explicit confirmation")
+        previous_write = index
+    return violations

@@ -1,0 +1,86 @@
+"""Run any agent in any trajgym environment and record the episode as a :class:`Trajectory`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium
+
+from trajgym.agents.base import Agent, EpisodeContext
+from trajgym.envs.base import ToolEnv
+from trajgym.trajectories.schema import Message, StepTiming, Termination, Trajectory, Verdict
+
+
+def rollout(
+    env: gymnasium.Env[Any, Any],
+    agent: Agent,
+    *,
+    seed: int,
+    task_id: str | None = None,
+    persona: str | None = None,
+    sample_index: int = 0,
+) -> Trajectory:
+    """Play one episode to its end (user stop, transfer, truncation or an agent failure).
+
+    A failure of the agent's infrastructure (a provider error that survived retries, say)
+    is recorded as ``status="error"`` with its reason, never as a zero reward.
+    """
+    base = env.unwrapped
+    if not isinstance(base, ToolEnv):
+        raise TypeError(f"{base!r} is not a trajgym environment.")
+    options: dict[str, Any] = {"task_id": task_id, "persona": persona}
+    obs, info = env.reset(seed=seed, options={k: v for k, v in options.items() if v is not None})
+    messages: list[Message] = [Message(role="system", content=info["system_prompt"]), *obs.messages]
+    confirm = tuple(name for name, t in base.toolkit.tools.items() if t.writes)
+    agent.reset(
+        EpisodeContext(
+            task=info["task"],
+            system_prompt=info["system_prompt"],
+            tools=tuple(info["tools"]),
+            confirm_tools=confirm,
+            seed=seed,
+        )
+    )
+    timings: list[StepTiming] = []
+    termination: Termination = "truncated"
+    verdict: Verdict | None = None
+    error: str | None = None
+    while True:
+        started = time.perf_counter()
+        try:
+            action = agent.act(tuple(messages))
+            if not isinstance(action, Message) or action.role != "assistant":
+                raise TypeError(f"agent returned {type(action).__name__}, not an assistant Message")
+        except Exception as e:  # the agent's own failure, recorded rather than raised
+            error, termination = f"agent: {type(e).__name__}: {e}", "error"
+            break
+        acted = time.perf_counter()
+        obs, _, terminated, truncated, step_info = env.step(action)
+        timings.append(StepTiming(agent_s=acted - started, env_s=time.perf_counter() - acted))
+        messages += [action, *obs.messages]
+        if terminated:
+            termination, verdict = step_info["termination"], step_info["verdict"]
+            break
+        if truncated:
+            break
+    task = info["task"]
+    return Trajectory(
+        env_id=base.env_id,
+        env_version=base.version,
+        task_id=task.id,
+        split=base.split,
+        family=task.family,
+        seed=seed,
+        persona=info["persona"],
+        sample_index=sample_index,
+        messages=tuple(messages),
+        tools=tuple(info["tools"]),
+        reward=None if error else (verdict.reward if verdict else 0.0),
+        verdict=verdict,
+        status="error" if error else "ok",
+        error=error,
+        termination=termination,
+        provenance=agent.provenance,
+        timings=tuple(timings),
+    )

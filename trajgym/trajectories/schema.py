@@ -1,0 +1,188 @@
+"""The records that cross module boundaries: messages, tasks, verdicts, trajectories.
+
+Messages follow the OpenAI chat format (assistant ``tool_calls``, ``tool`` messages with
+``tool_call_id``) so that a trajectory can be fed to any trainer without conversion.
+Every model is frozen; a change to a field's meaning bumps ``SCHEMA_VERSION``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+SCHEMA_VERSION = 1
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class Frozen(BaseModel):
+    """Base for immutable records that reject unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FunctionCall(Frozen):
+    """The function half of a tool call; ``arguments`` is the raw JSON text the model wrote."""
+
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(Frozen):
+    """One tool call inside an assistant message."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(Frozen):
+    """A chat message in OpenAI format."""
+
+    role: Role
+    content: str | None = None
+    tool_calls: tuple[ToolCall, ...] | None = None
+    tool_call_id: str | None = Field(default=None, description="For role=tool: the call answered.")
+    name: str | None = Field(default=None, description="For role=tool: the tool's name.")
+
+    def to_openai(self) -> dict[str, Any]:
+        """Return the plain dict an OpenAI-compatible API expects."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @property
+    def text(self) -> str:
+        """The message content, or an empty string."""
+        return self.content or ""
+
+
+class Action(Frozen):
+    """A gold tool call: what an expert would do, with parsed arguments."""
+
+    name: str
+    arguments: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class Intent(Frozen):
+    """One thing the user wants within a task, with the expert's way of doing it."""
+
+    kind: str = Field(description="Task family of this intent, e.g. 'cancel_pending_order'.")
+    request: str = Field(description="The user's opening words for this intent.")
+    slots: dict[str, str] = Field(
+        default_factory=dict, description="Facts the user gives when asked (slot -> value)."
+    )
+    actions: tuple[Action, ...] = Field(default=(), description="Gold tool calls, in order.")
+    outputs: tuple[str, ...] = Field(default=(), description="Facts the agent must tell the user.")
+
+
+class UserGoal(Frozen):
+    """The simulated user's hidden goal: what they know, want, and keep to themselves."""
+
+    identity: dict[str, str] = Field(description="Facts that identify the user (email, name, zip).")
+    intents: tuple[Intent, ...]
+    withhold: tuple[str, ...] = Field(
+        default=(), description="Slots never volunteered, only given when asked."
+    )
+    instruction: str = Field(description="The goal in prose, for an LLM-driven user.")
+
+
+class Task(Frozen):
+    """A procedurally generated task with its ground truth."""
+
+    id: str
+    env_id: str
+    split: Literal["train", "test", "ood"]
+    family: str
+    difficulty: int = Field(ge=1, le=10)
+    goal: UserGoal
+    auth_actions: tuple[Action, ...] = Field(default=(), description="Gold authentication calls.")
+    phrasing_set: str = "A"
+
+    @property
+    def gold_actions(self) -> tuple[Action, ...]:
+        """All gold tool calls in the order an expert makes them."""
+        return self.auth_actions + tuple(a for i in self.goal.intents for a in i.actions)
+
+    @property
+    def required_outputs(self) -> tuple[str, ...]:
+        """Every fact the agent must have told the user."""
+        return tuple(o for i in self.goal.intents for o in i.outputs)
+
+
+class Verdict(Frozen):
+    """The environment's verification of an episode's final state and transcript."""
+
+    reward: float
+    state_match: bool
+    outputs: dict[str, bool] = Field(default_factory=dict)
+    violations: tuple[str, ...] = ()
+    final_state_hash: str = ""
+    gold_state_hash: str = ""
+
+
+class Provenance(Frozen):
+    """Who produced a trajectory, and how."""
+
+    kind: Literal["expert", "teacher", "student", "self", "on_policy_teacher", "baseline"]
+    agent: str = Field(description="Agent class or name, e.g. 'ScriptedExpert'.")
+    model: str | None = None
+    decoding: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class StepTiming(Frozen):
+    """Wall-clock seconds spent by the agent and by the environment in one step."""
+
+    agent_s: float
+    env_s: float
+
+
+class Usage(Frozen):
+    """Tokens and money an episode cost."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+        )
+
+
+Termination = Literal["user_stop", "transfer", "truncated", "error"]
+
+
+class Trajectory(Frozen):
+    """One episode: the conversation, its provenance and how it was judged."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    env_id: str
+    env_version: int
+    task_id: str
+    split: str
+    family: str
+    seed: int
+    persona: str
+    sample_index: int = 0
+    messages: tuple[Message, ...]
+    tools: tuple[dict[str, JsonValue], ...] = ()
+    reward: float | None = None
+    verdict: Verdict | None = None
+    status: Literal["ok", "error"] = "ok"
+    error: str | None = None
+    termination: Termination
+    provenance: Provenance
+    timings: tuple[StepTiming, ...] = ()
+    usage: Usage = Field(default_factory=Usage)
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """The identity of an episode in a store: (env, task, sample)."""
+        return (self.env_id, self.task_id, self.sample_index)
+
+    @property
+    def success(self) -> bool:
+        """Whether the episode ran and was verified fully successful."""
+        return self.status == "ok" and self.reward == 1.0
