@@ -1,0 +1,1 @@
+"""Agents: the scripted expert, floor baselines, and (later) LLM teachers and students."""

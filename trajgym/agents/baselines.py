@@ -57,7 +57,10 @@ class RandomToolAgent:
         schema = self.rng.choice(self.tools)["function"]
         props: dict[str, Any] = schema["parameters"].get("properties", {})
         args = {name: self._value(spec) for name, spec in props.items()}
-        call = ToolCall(id=f"call_{self._n}", function=FunctionCall(name=schema["name"], arguments=json.dumps(args)))
+        call = ToolCall(
+            id=f"call_{self._n}",
+            function=FunctionCall(name=schema["name"], arguments=json.dumps(args)),
+        )
         return Message(role="assistant", tool_calls=(call,))
 
     def _value(self, spec: dict[str, Any]) -> Any:

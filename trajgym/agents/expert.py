@@ -46,7 +46,7 @@ def _addressed(slots: dict[str, str]) -> dict[str, str]:
 def _phrasebook(env_id: str) -> dict[str, Any]:
     domain = env_id.split("/")[-1].split("-")[0].lower()
     package = importlib.import_module(f"trajgym.envs.{domain}").__name__
-    return yaml.safe_load(resources.files(package).joinpath("expert.yaml").read_text())  # type: ignore[no-any-return]
+    return yaml.safe_load(resources.files(package).joinpath("expert.yaml").read_text())
 
 
 class ScriptedExpert:
@@ -97,7 +97,9 @@ class ScriptedExpert:
                     yield self._call(action, content=self._pick(self.words["transfer"]))
                 else:
                     yield self._call(action)
-            yield self._say(f"{self._report(intent)} {self._pick(self.words['anything_else'])}".strip())
+            yield self._say(
+                f"{self._report(intent)} {self._pick(self.words['anything_else'])}".strip()
+            )
         while True:
             yield self._say(self._pick(self.words["anything_else"]))
 
@@ -115,7 +117,9 @@ class ScriptedExpert:
     def _call(self, action: Action, content: str | None = None) -> Message:
         self._calls += 1
         arguments = json.dumps(action.arguments, separators=(",", ":"))
-        call = ToolCall(id=f"call_{self._calls}", function=FunctionCall(name=action.name, arguments=arguments))
+        call = ToolCall(
+            id=f"call_{self._calls}", function=FunctionCall(name=action.name, arguments=arguments)
+        )
         return Message(role="assistant", content=content, tool_calls=(call,))
 
     def _pick(self, options: Sequence[str]) -> str:

@@ -32,7 +32,7 @@ SPLITS = ("train", "test", "ood")
 class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
     """A stateful tool environment with a simulated user; subclasses supply the domain."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}  # noqa: RUF012 (gymnasium's field)
     env_id: ClassVar[str]
     version: ClassVar[int]
     toolkit: ClassVar[Toolkit[Any]]
@@ -90,7 +90,11 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
         options = options or {}
         task = self._pick_task(options.get("task_id"))
         personas = sorted(load_personas())
-        name = options.get("persona") or self.persona or personas[self.np_random.integers(len(personas))]
+        name = (
+            options.get("persona")
+            or self.persona
+            or personas[self.np_random.integers(len(personas))]
+        )
         persona = get_persona(name)
         user_seed = int(self.np_random.integers(2**31))
         self.task, self.state = task, self.new_state(task)
@@ -123,7 +127,9 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
             outcomes = self.toolkit.call_all(self.state, message.tool_calls)
             new = [o.message for o in outcomes]
             at = len(self.transcript) - 1
-            self._writes += [(at, o.tool.name) for o in outcomes if o.ok and o.tool and o.tool.writes]
+            self._writes += [
+                (at, o.tool.name) for o in outcomes if o.ok and o.tool and o.tool.writes
+            ]
             terminated = any(o.ok and o.tool is not None and o.tool.ends_episode for o in outcomes)
             termination = "transfer"
         else:
@@ -194,12 +200,17 @@ def _coerce_action(action: object) -> tuple[Message | None, str]:
     try:
         message = action if isinstance(action, Message) else Message.model_validate(action)
     except ValidationError as e:
-        return None, f"the action is not a valid assistant message: {e.errors(include_url=False)[0]['msg']}"
+        return (
+            None,
+            f"the action is not a valid assistant message: {e.errors(include_url=False)[0]['msg']}",
+        )
     if message.role != "assistant":
         return None, f"the action must have role 'assistant', not '{message.role}'"
     return message, ""
 
 
 def _error_observation(problem: str) -> Observation:
-    error = Message(role="tool", tool_call_id="invalid_action", name="error", content=f"Error: {problem}")
+    error = Message(
+        role="tool", tool_call_id="invalid_action", name="error", content=f"Error: {problem}"
+    )
     return Observation(messages=(error,))

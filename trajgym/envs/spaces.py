@@ -80,7 +80,10 @@ class ActionSpace(ModelSpace):
             return Message(role="assistant", content=_random_text(rng))
         name = str(rng.choice(self.tool_names))
         args = {_random_word(rng): _random_word(rng) for _ in range(int(rng.integers(0, 3)))}
-        call = ToolCall(id=f"call_{rng.integers(10**8)}", function=FunctionCall(name=name, arguments=json.dumps(args)))
+        call = ToolCall(
+            id=f"call_{rng.integers(10**8)}",
+            function=FunctionCall(name=name, arguments=json.dumps(args)),
+        )
         return Message(role="assistant", tool_calls=(call,))
 
 

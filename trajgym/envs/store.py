@@ -1,5 +1,4 @@
-"""A copy-on-write record store: one immutable world shared by every episode, plus a small
-overlay of the records an episode changed.
+"""A copy-on-write record store: a shared immutable world plus each episode's changes.
 
 Resetting an episode is O(1) (a new empty overlay) and hashing the final state is O(changes):
 records equal to the world's are left out of the digest, so the digest of two stores is equal

@@ -52,8 +52,10 @@ def unconfirmed_writes(messages: Sequence[Message], writes: Sequence[tuple[int, 
         consent = next(
             (i for i in range(index - 1, -1, -1) if messages[i].role == "user"), first_user
         )
-        if consent <= first_user or consent < previous_write or not _AFFIRM.search(
-            messages[consent].text
+        if (
+            consent <= first_user
+            or consent < previous_write
+            or not _AFFIRM.search(messages[consent].text)
         ):
             violations.append(f"'{name}' was called without the user's explicit confirmation")
         previous_write = index

@@ -85,7 +85,10 @@ def _build_tool(fn: Callable[..., Any], name: str, writes: bool, ends: bool) -> 
         if param.name not in hints:
             raise TypeError(f"Tool '{name}': parameter '{param.name}' has no type annotation.")
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[param.name] = (hints[param.name], Field(default, description=arg_docs.get(param.name)))
+        fields[param.name] = (
+            hints[param.name],
+            Field(default, description=arg_docs.get(param.name)),
+        )
     config = ConfigDict(extra="forbid", title=name)
     args_model = create_model(f"{name}_arguments", __config__=config, **fields)
     description = doc.short_description
@@ -100,12 +103,10 @@ def _compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
             return {
-                k: strip(v)
-                for k, v in node.items()
-                if not (k == "title" and isinstance(v, str))
+                k: strip(v) for k, v in node.items() if not (k == "title" and isinstance(v, str))
             }
         if isinstance(node, list):
             return [strip(v) for v in node]
         return node
 
-    return strip(schema)  # type: ignore[no-any-return]
+    return strip(schema)

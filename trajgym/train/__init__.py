@@ -1,0 +1,1 @@
+"""Training: SFT and RL on trajectories."""

@@ -1,0 +1,1 @@
+"""Trajectories: schema, rollout, rendering."""

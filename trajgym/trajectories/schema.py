@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # the default of Trajectory.schema_version
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -157,7 +157,7 @@ Termination = Literal["user_stop", "transfer", "truncated", "error"]
 class Trajectory(Frozen):
     """One episode: the conversation, its provenance and how it was judged."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     env_id: str
     env_version: int
     task_id: str

@@ -29,7 +29,7 @@ class RetailEnv(ToolEnv[RetailState]):
 
     def tasks(self, split: str) -> Sequence[Task]:
         """Every task of ``split`` for this world."""
-        return make_tasks(split, self.world_seed)  # type: ignore[arg-type]
+        return make_tasks(split, self.world_seed)  # split checked by ToolEnv
 
     def new_state(self, task: Task) -> RetailState:
         """An empty overlay over the shared world: O(1)."""

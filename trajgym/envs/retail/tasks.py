@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 
@@ -35,7 +35,7 @@ _OUT_OF_SCOPE = (
 @functools.cache
 def _phrasings() -> dict[str, dict[str, list[str]]]:
     text = resources.files(__package__).joinpath("phrasings.yaml").read_text()
-    return yaml.safe_load(text)  # type: ignore[no-any-return]
+    return yaml.safe_load(text)
 
 
 @dataclass
@@ -55,11 +55,18 @@ class _Draw:
         template = self.rng.choice(_phrasings()[kind][self.phrasing])
         return template.format(**slots)
 
-    def intent(self, family: str, kind: str, slots: dict[str, str], actions: list[Action],
-               outputs: tuple[str, ...] = ()) -> Intent:
+    def intent(
+        self,
+        family: str,
+        kind: str,
+        slots: dict[str, str],
+        actions: list[Action],
+        outputs: tuple[str, ...] = (),
+    ) -> Intent:
         request = self.request(kind, **slots)
-        return Intent(kind=family, request=request, slots=slots, actions=tuple(actions),
-                      outputs=outputs)
+        return Intent(
+            kind=family, request=request, slots=slots, actions=tuple(actions), outputs=outputs
+        )
 
 
 def _act(name: str, **arguments: object) -> Action:
@@ -74,53 +81,74 @@ def _money(x: float) -> str:
 
 
 def order_status(d: _Draw) -> Intent | None:
+    """The user asks what state an order is in."""
     orders = d.orders()
     if not orders:
         return None
     o = d.rng.choice(orders)
-    return d.intent("order_status", "order_status", {"order_id": o.order_id},
-                    [_act("get_order_details", order_id=o.order_id)], (o.status,))
+    return d.intent(
+        "order_status",
+        "order_status",
+        {"order_id": o.order_id},
+        [_act("get_order_details", order_id=o.order_id)],
+        (o.status,),
+    )
 
 
 def cancel_pending_order(d: _Draw) -> Intent | None:
+    """The user cancels a pending order, with a reason."""
     orders = d.orders("pending")
     if not orders:
         return None
     o, reason = d.rng.choice(orders), d.rng.choice(_REASONS)
     return d.intent(
-        "cancel_pending_order", "cancel_pending_order", {"order_id": o.order_id, "reason": reason},
-        [_act("get_order_details", order_id=o.order_id),
-         _act("cancel_pending_order", order_id=o.order_id, reason=reason)],
+        "cancel_pending_order",
+        "cancel_pending_order",
+        {"order_id": o.order_id, "reason": reason},
+        [
+            _act("get_order_details", order_id=o.order_id),
+            _act("cancel_pending_order", order_id=o.order_id, reason=reason),
+        ],
         (_money(o.total),),
     )
 
 
 def update_default_address(d: _Draw) -> Intent | None:
+    """The user changes the default address on their account."""
     new = random_address(d.rng)
     c = d.customer
     fields = new.model_dump(exclude={"state"}) | {"state_code": new.state}
     return d.intent(
-        "update_default_address", "update_default_address", {"address": new.spoken()},
-        [_act("get_user_details", user_id=c.user_id),
-         _act("modify_user_address", user_id=c.user_id, **fields)],
+        "update_default_address",
+        "update_default_address",
+        {"address": new.spoken()},
+        [
+            _act("get_user_details", user_id=c.user_id),
+            _act("modify_user_address", user_id=c.user_id, **fields),
+        ],
     )
 
 
 def modify_order_address(d: _Draw) -> Intent | None:
+    """The user redirects a pending order to a new address."""
     orders = d.orders("pending")
     if not orders:
         return None
     o, new = d.rng.choice(orders), random_address(d.rng)
     fields = new.model_dump(exclude={"state"}) | {"state_code": new.state}
     return d.intent(
-        "modify_order_address", "modify_order_address",
+        "modify_order_address",
+        "modify_order_address",
         {"order_id": o.order_id, "address": new.spoken()},
-        [_act("get_order_details", order_id=o.order_id),
-         _act("modify_pending_order_address", order_id=o.order_id, **fields)],
+        [
+            _act("get_order_details", order_id=o.order_id),
+            _act("modify_pending_order_address", order_id=o.order_id, **fields),
+        ],
     )
 
 
 def return_items(d: _Draw) -> Intent | None:
+    """The user returns some items of a delivered order."""
     orders = d.orders("delivered")
     if not orders:
         return None
@@ -129,13 +157,24 @@ def return_items(d: _Draw) -> Intent | None:
     paid = next(p.payment_method_id for p in o.payments if p.kind == "payment")
     methods = [m for m in d.customer.payment_methods if m.id == paid or m.source == "gift_card"]
     method = d.rng.choice(methods)
-    slots = {"order_id": o.order_id, "items": " and ".join(i.spoken() for i in items),
-             "payment": method.spoken()}
+    slots = {
+        "order_id": o.order_id,
+        "items": " and ".join(i.spoken() for i in items),
+        "payment": method.spoken(),
+    }
     return d.intent(
-        "return_items", "return_items", slots,
-        [_act("get_order_details", order_id=o.order_id),
-         _act("return_delivered_order_items", order_id=o.order_id,
-              item_ids=[i.item_id for i in items], payment_method_id=method.id)],
+        "return_items",
+        "return_items",
+        slots,
+        [
+            _act("get_order_details", order_id=o.order_id),
+            _act(
+                "return_delivered_order_items",
+                order_id=o.order_id,
+                item_ids=[i.item_id for i in items],
+                payment_method_id=method.id,
+            ),
+        ],
         (_money(sum(i.price for i in items)),),
     )
 
@@ -157,24 +196,38 @@ def _swap(d: _Draw, family: str, status: str, tool: str) -> Intent | None:
     diff = round(new.price - item.price, 2)
     if method.source == "gift_card" and diff > (method.balance or 0):
         return None
-    slots = {"order_id": o.order_id, "items": item.spoken(),
-             "new_items": f"the {product.name} ({', '.join(new.options.values())})",
-             "payment": method.spoken()}
+    slots = {
+        "order_id": o.order_id,
+        "items": item.spoken(),
+        "new_items": f"the {product.name} ({', '.join(new.options.values())})",
+        "payment": method.spoken(),
+    }
     return d.intent(
-        family, family, slots,
-        [_act("get_order_details", order_id=o.order_id),
-         _act("get_product_details", product_id=product.product_id),
-         _act(tool, order_id=o.order_id, item_ids=[item.item_id], new_item_ids=[new.item_id],
-              payment_method_id=method.id)],
+        family,
+        family,
+        slots,
+        [
+            _act("get_order_details", order_id=o.order_id),
+            _act("get_product_details", product_id=product.product_id),
+            _act(
+                tool,
+                order_id=o.order_id,
+                item_ids=[item.item_id],
+                new_item_ids=[new.item_id],
+                payment_method_id=method.id,
+            ),
+        ],
         (_money(abs(diff)),),
     )
 
 
 def exchange_items(d: _Draw) -> Intent | None:
+    """The user exchanges an item of a delivered order for another variant."""
     return _swap(d, "exchange_items", "delivered", "exchange_delivered_order_items")
 
 
 def modify_order_items(d: _Draw) -> Intent | None:
+    """The user swaps an item of a pending order for another variant."""
     return _swap(d, "modify_order_items", "pending", "modify_pending_order_items")
 
 
@@ -188,30 +241,52 @@ def policy_refusal(d: _Draw) -> Intent | None:
     o = d.rng.choice(orders)
     kind = "policy_refusal_cancel" if wants_cancel else "policy_refusal_return"
     slots = {"order_id": o.order_id, "items": o.items[0].spoken()}
-    return d.intent("policy_refusal", kind, slots,
-                    [_act("get_order_details", order_id=o.order_id)], (o.status,))
+    return d.intent(
+        "policy_refusal", kind, slots, [_act("get_order_details", order_id=o.order_id)], (o.status,)
+    )
 
 
 def transfer_to_human(d: _Draw) -> Intent | None:
+    """The user wants something out of scope: authenticate, then transfer."""
     wish = d.rng.choice(_OUT_OF_SCOPE)
-    return d.intent("transfer_to_human", "transfer_to_human", {"out_of_scope": wish},
-                    [_act("transfer_to_human_agents", summary=f"The user wants to {wish.replace('my ', 'their ')}.")])
+    return d.intent(
+        "transfer_to_human",
+        "transfer_to_human",
+        {"out_of_scope": wish},
+        [
+            _act(
+                "transfer_to_human_agents",
+                summary=f"The user wants to {wish.replace('my ', 'their ')}.",
+            )
+        ],
+    )
 
 
 def modify_order_payment(d: _Draw) -> Intent | None:
+    """The user pays a pending order with another method on file (ood only)."""
     for o in d.orders("pending"):
         paid = [p for p in o.payments if p.kind == "payment"]
-        others = [m for m in d.customer.payment_methods if m.id != paid[0].payment_method_id
-                  and not (m.source == "gift_card" and (m.balance or 0) < o.total)]
+        others = [
+            m
+            for m in d.customer.payment_methods
+            if m.id != paid[0].payment_method_id
+            and not (m.source == "gift_card" and (m.balance or 0) < o.total)
+        ]
         if len(paid) == 1 and others:
             method = d.rng.choice(others)
             return d.intent(
-                "modify_order_payment", "modify_order_payment",
+                "modify_order_payment",
+                "modify_order_payment",
                 {"order_id": o.order_id, "payment": method.spoken()},
-                [_act("get_order_details", order_id=o.order_id),
-                 _act("get_user_details", user_id=d.customer.user_id),
-                 _act("modify_pending_order_payment", order_id=o.order_id,
-                      payment_method_id=method.id)],
+                [
+                    _act("get_order_details", order_id=o.order_id),
+                    _act("get_user_details", user_id=d.customer.user_id),
+                    _act(
+                        "modify_pending_order_payment",
+                        order_id=o.order_id,
+                        payment_method_id=method.id,
+                    ),
+                ],
             )
     return None
 
@@ -229,8 +304,14 @@ _SINGLE: dict[str, tuple[_Builder, int]] = {
     "modify_order_items": (modify_order_items, 4),
     "modify_order_payment": (modify_order_payment, 3),
 }
-_COMBINABLE = ("order_status", "cancel_pending_order", "update_default_address",
-               "modify_order_address", "return_items", "exchange_items")
+_COMBINABLE = (
+    "order_status",
+    "cancel_pending_order",
+    "update_default_address",
+    "modify_order_address",
+    "return_items",
+    "exchange_items",
+)
 OOD_FAMILIES = ("modify_order_payment", "multi_intent_3")
 FAMILIES = (*[f for f in _SINGLE if f not in OOD_FAMILIES], "multi_intent", *OOD_FAMILIES)
 
@@ -270,48 +351,75 @@ def _build(d: _Draw, family: str, split: Split, index: int) -> Task | None:
     if remembers_email:
         identity["email"] = c.email
         auth = (_act("find_user_id_by_email", email=c.email),)
-    elif d.world.user_by_name_zip[(c.first_name.lower(), c.last_name.lower(), c.address.zip)] == c.user_id:
-        auth = (_act("find_user_id_by_name_zip", first_name=c.first_name, last_name=c.last_name,
-                     zip=c.address.zip),)
+    elif (
+        d.world.user_by_name_zip[(c.first_name.lower(), c.last_name.lower(), c.address.zip)]
+        == c.user_id
+    ):
+        auth = (
+            _act(
+                "find_user_id_by_name_zip",
+                first_name=c.first_name,
+                last_name=c.last_name,
+                zip=c.address.zip,
+            ),
+        )
     else:
         return None
     goal = UserGoal(
         identity=identity,
         intents=tuple(intents),
-        withhold=tuple(sorted(set(identity) | {k for i in intents for k in i.slots
-                                               if "{" + k + "}" not in i.request})),
+        withhold=tuple(
+            sorted(
+                set(identity)
+                | {k for i in intents for k in i.slots if "{" + k + "}" not in i.request}
+            )
+        ),
         instruction=_instruction(c, identity, intents),
     )
-    return Task(id=f"{split}-{family}-{index:05d}", env_id=ENV_ID, split=split, family=family,
-                difficulty=difficulty, goal=goal, auth_actions=auth, phrasing_set=d.phrasing)
+    return Task(
+        id=f"{split}-{family}-{index:05d}",
+        env_id=ENV_ID,
+        split=split,
+        family=family,
+        difficulty=difficulty,
+        goal=goal,
+        auth_actions=auth,
+        phrasing_set=d.phrasing,
+    )
 
 
 def _instruction(c: Customer, identity: dict[str, str], intents: list[Intent]) -> str:
     """The hidden goal in prose, for an LLM playing the user."""
     known = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in identity.items())
-    lines = [f"You are {c.first_name} {c.last_name}, a customer of an online store. You know: "
-             f"{known}. Give these only when asked."]
+    lines = [
+        f"You are {c.first_name} {c.last_name}, a customer of an online store. You know: "
+        f"{known}. Give these only when asked."
+    ]
     if "email" not in identity:
         lines.append("You do not remember your email address.")
     for n, intent in enumerate(intents, 1):
         facts = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in intent.slots.items())
         lines.append(f"Request {n}: start with '{intent.request}'. Facts you know: {facts}.")
-    lines.append("Do not invent any other facts. Confirm with 'yes' when the agent describes "
-                 "exactly what you asked for. Handle the requests one at a time, in order.")
+    lines.append(
+        "Do not invent any other facts. Confirm with 'yes' when the agent describes "
+        "exactly what you asked for. Handle the requests one at a time, in order."
+    )
     return " ".join(lines)
 
 
 def _gold_ok(world: World, task: Task) -> bool:
     state = RetailState(world)
     for n, action in enumerate(task.gold_actions):
-        call = ToolCall(id=f"gold_{n}", function=FunctionCall(
-            name=action.name, arguments=_json(action.arguments)))
+        call = ToolCall(
+            id=f"gold_{n}",
+            function=FunctionCall(name=action.name, arguments=_json(action.arguments)),
+        )
         if not RETAIL_TOOLKIT.call(state, call).ok:
             return False
     return True
 
 
-def _json(arguments: dict[str, object]) -> str:
+def _json(arguments: Mapping[str, object]) -> str:
     return json.dumps(arguments, separators=(",", ":"))
 
 
@@ -327,8 +435,12 @@ def make_tasks(split: Split, world_seed: int = 0) -> tuple[Task, ...]:
     for family in families:
         for user_id in customers:
             for variant in range(2):
-                seed = int(hashlib.sha256(f"{world.seed}|{family}|{user_id}|{variant}".encode())
-                           .hexdigest()[:12], 16)
+                seed = int(
+                    hashlib.sha256(
+                        f"{world.seed}|{family}|{user_id}|{variant}".encode()
+                    ).hexdigest()[:12],
+                    16,
+                )
                 d = _Draw(world, world.customers[user_id], random.Random(seed), phrasing)
                 task = _build(d, family, split, len(tasks))
                 if task is None:
@@ -338,4 +450,8 @@ def make_tasks(split: Split, world_seed: int = 0) -> tuple[Task, ...]:
                     continue
                 seen.add(fingerprint)
                 tasks.append(task)
-    return tuple(tasks)
+    # Shuffled once, deterministically, so that the first N tasks of a split mix families.
+    random.Random(f"{world_seed}|{split}").shuffle(tasks)
+    return tuple(
+        t.model_copy(update={"id": f"{split}-{t.family}-{n:05d}"}) for n, t in enumerate(tasks)
+    )

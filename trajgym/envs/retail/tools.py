@@ -35,9 +35,7 @@ class RetailState:
 
     def __init__(self, world: World) -> None:
         self.world = world
-        self.store = Store(
-            {"customers": world.customers, "orders": world.orders, "transfers": {}}
-        )
+        self.store = Store({"customers": world.customers, "orders": world.orders, "transfers": {}})
         self.authenticated: str | None = None
         self.transfer_summary: str | None = None
 
@@ -170,7 +168,11 @@ def cancel_pending_order(
     )
     return state.save(
         order.model_copy(
-            update={"status": "cancelled", "cancel_reason": reason, "payments": order.payments + refunds}
+            update={
+                "status": "cancelled",
+                "cancel_reason": reason,
+                "payments": order.payments + refunds,
+            }
         )
     )
 
@@ -247,16 +249,20 @@ def modify_pending_order_items(
     """
     order = state.owned_order(order_id)
     if order.status != "pending":
-        raise ToolError(f"Order {order.order_id} is '{order.status}'; only pending orders can be modified.")
+        raise ToolError(
+            f"Order {order.order_id} is '{order.status}'; only pending orders can be modified."
+        )
     items, diff = _swap_items(state, order, item_ids, new_item_ids)
     method = _payment_method(state, order.user_id, payment_method_id)
     _require_balance(method, diff)
     payments = order.payments
     if diff:
-        kind = "payment" if diff > 0 else "refund"
+        kind: Literal["payment", "refund"] = "payment" if diff > 0 else "refund"
         payments += (Payment(kind=kind, amount=abs(diff), payment_method_id=method.id),)
     return state.save(
-        order.model_copy(update={"items": items, "payments": payments, "status": "pending (item modified)"})
+        order.model_copy(
+            update={"items": items, "payments": payments, "status": "pending (item modified)"}
+        )
     )
 
 
@@ -390,7 +396,9 @@ def _require_pending(order: Order) -> None:
 
 def _require_delivered(order: Order) -> None:
     if order.status != "delivered":
-        raise ToolError(f"Order {order.order_id} is '{order.status}'; only delivered orders qualify.")
+        raise ToolError(
+            f"Order {order.order_id} is '{order.status}'; only delivered orders qualify."
+        )
 
 
 def _address(a1: str, a2: str, city: str, state: str, country: str, zip: str) -> Address:
@@ -429,7 +437,7 @@ def _swap_items(
     if len(new_item_ids) != len(item_ids):
         raise ToolError("new_item_ids must have one entry per item in item_ids.")
     replacement: dict[str, OrderItem] = {}
-    for item, new_id in zip(old, new_item_ids):
+    for item, new_id in zip(old, new_item_ids, strict=True):
         product: Product = state.world.products[item.product_id]
         variant = product.variants.get(new_id)
         if variant is None:

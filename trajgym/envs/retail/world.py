@@ -176,11 +176,21 @@ _LAST = (
 _STREETS = "Oak Maple Cedar Pine Elm Birch Willow Lake Hill River Park Sunset Forest Main".split()
 _STREET_KINDS = ("Street", "Avenue", "Road", "Lane", "Drive")
 _CITIES = (
-    ("Springfield", "IL", "627"), ("Austin", "TX", "787"), ("Denver", "CO", "802"),
-    ("Portland", "OR", "972"), ("Columbus", "OH", "432"), ("Madison", "WI", "537"),
-    ("Raleigh", "NC", "276"), ("Tucson", "AZ", "857"), ("Boise", "ID", "837"),
-    ("Albany", "NY", "122"), ("Richmond", "VA", "232"), ("Omaha", "NE", "681"),
-    ("Seattle", "WA", "981"), ("Phoenix", "AZ", "850"), ("Atlanta", "GA", "303"),
+    ("Springfield", "IL", "627"),
+    ("Austin", "TX", "787"),
+    ("Denver", "CO", "802"),
+    ("Portland", "OR", "972"),
+    ("Columbus", "OH", "432"),
+    ("Madison", "WI", "537"),
+    ("Raleigh", "NC", "276"),
+    ("Tucson", "AZ", "857"),
+    ("Boise", "ID", "837"),
+    ("Albany", "NY", "122"),
+    ("Richmond", "VA", "232"),
+    ("Omaha", "NE", "681"),
+    ("Seattle", "WA", "981"),
+    ("Phoenix", "AZ", "850"),
+    ("Atlanta", "GA", "303"),
 )
 _BRANDS = ("Visa", "Mastercard", "Amex")
 _STATUS_WEIGHTS = {"pending": 30, "processed": 8, "shipped": 10, "delivered": 42, "cancelled": 10}
@@ -261,7 +271,9 @@ def _make_customer(rng: random.Random, index: int, total: int) -> Customer:
             )
         )
     if rng.random() < 0.4:
-        payments.append(PaymentMethod(id=f"paypal_{rng.randint(10**6, 10**7 - 1)}", source="paypal"))
+        payments.append(
+            PaymentMethod(id=f"paypal_{rng.randint(10**6, 10**7 - 1)}", source="paypal")
+        )
     return Customer(
         user_id=user_id,
         first_name=first,
@@ -304,8 +316,8 @@ def _make_order(
                 price=variant.price,
             )
         )
-    method = customer.payment_methods[0] if rng.random() < 0.7 else rng.choice(
-        customer.payment_methods
+    method = (
+        customer.payment_methods[0] if rng.random() < 0.7 else rng.choice(customer.payment_methods)
     )
     total = round(sum(i.price for i in items), 2)
     payments = [Payment(kind="payment", amount=total, payment_method_id=method.id)]

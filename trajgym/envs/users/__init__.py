@@ -1,0 +1,1 @@
+"""Simulated users: the protocol, personas and the scripted user."""

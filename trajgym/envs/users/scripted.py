@@ -73,7 +73,9 @@ class ScriptedUser:
         ]
         if any(_CONFIRM.search(q) for q in questions):
             return self._say(self._pick(self.persona.affirm))
-        asked = [slot for slot, pattern in _SLOT_QUESTIONS if any(pattern.search(q) for q in questions)]
+        asked = [
+            slot for slot, pattern in _SLOT_QUESTIONS if any(pattern.search(q) for q in questions)
+        ]
         if asked:
             return self._answer(asked)
         return self._next_intent()
@@ -83,7 +85,9 @@ class ScriptedUser:
         said, unknown = [], []
         for slot in slots:
             if slot == "email" and "email" not in facts:
-                said.append("I don't remember my email, but " + _FACT_PHRASES["name_zip"].format(**facts))
+                said.append(
+                    "I don't remember my email, but " + _FACT_PHRASES["name_zip"].format(**facts)
+                )
             elif slot == "name_zip" or slot in facts:
                 said.append(_FACT_PHRASES[slot].format(**facts))
             else:

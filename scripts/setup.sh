@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up a development environment from nothing: a virtualenv in .venv with trajgym and
+# everything it needs. Safe to re-run. CPU machines get the pinned CPU wheel of torch
+# (an unpinned torch pulls a multi-GB CUDA build); set TRAJGYM_TORCH to choose another.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TRAJGYM_TORCH:-torch==2.13.0}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
+$PIP install --upgrade pip >/dev/null
+# torch first, pinned, so that nothing below resolves it to a CUDA build.
+$PIP install "$TORCH_SPEC"
+$PIP install -e ".[dev]"
+echo "trajgym is set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

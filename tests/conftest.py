@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import pytest
+
+import trajgym  # noqa: F401  (registers the environments)
+from trajgym.envs import make
+from trajgym.envs.retail.tools import RetailState
+from trajgym.envs.retail.world import World, make_world
+
+
+@pytest.fixture(scope="session")
+def small_world() -> World:
+    """A five-customer world: small enough to read, same generator as the real one."""
+    return make_world(seed=7, n_customers=5)
+
+
+@pytest.fixture
+def small_state(small_world: World) -> RetailState:
+    return RetailState(small_world)
+
+
+@pytest.fixture
+def retail_test_env():
+    env = make("trajgym/Retail-v0", split="test")
+    yield env
+    env.close()

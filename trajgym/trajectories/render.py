@@ -1,0 +1,87 @@
+"""Readable terminal rendering of trajectories (rich)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from trajgym.trajectories.schema import Message, Trajectory
+
+_STYLE = {"user": "cyan", "assistant": "green", "tool": "yellow", "system": "dim"}
+_CLIP = 600
+
+
+def print_trajectory(console: Console, trajectory: Trajectory, show_system: bool = False) -> None:
+    """Print one conversation, then how it was verified."""
+    t = trajectory
+    console.print(
+        f"[bold]{t.env_id}[/] task [bold]{t.task_id}[/] ({t.family}), "
+        f"persona {t.persona}, seed {t.seed}"
+    )
+    for message in t.messages:
+        if message.role == "system" and not show_system:
+            continue
+        console.print(
+            Panel(
+                _body(message),
+                title=_title(message),
+                title_align="left",
+                border_style=_STYLE[message.role],
+            )
+        )
+    verdict = t.verdict
+    outcome = "[green]success[/]" if t.success else "[red]failure[/]"
+    if t.status == "error":
+        outcome = f"[red]error[/]: {t.error}"
+    console.print(f"{outcome}; reward {t.reward}; ended by {t.termination}")
+    if verdict is not None:
+        console.print(
+            f"state matches gold: {verdict.state_match}; outputs told: {verdict.outputs}; "
+            f"violations: {list(verdict.violations) or 'none'}"
+        )
+
+
+def print_summary(console: Console, trajectories: Sequence[Trajectory]) -> None:
+    """Success per task family, and overall."""
+    by_family: dict[str, list[Trajectory]] = defaultdict(list)
+    for t in trajectories:
+        by_family[t.family].append(t)
+    table = Table("family", "episodes", "successes", "rate", "errors")
+    for family, group in sorted(by_family.items()):
+        ok = sum(t.success for t in group)
+        table.add_row(
+            family,
+            str(len(group)),
+            str(ok),
+            f"{ok / len(group):.0%}",
+            str(sum(t.status == "error" for t in group)),
+        )
+    total = sum(t.success for t in trajectories)
+    table.add_row(
+        "[bold]all",
+        str(len(trajectories)),
+        f"[bold]{total}",
+        f"{total / max(1, len(trajectories)):.0%}",
+        str(sum(t.status == "error" for t in trajectories)),
+    )
+    console.print(table)
+
+
+def _title(message: Message) -> str:
+    if message.role == "tool":
+        return f"tool result: {message.name}"
+    return message.role
+
+
+def _body(message: Message) -> str:
+    parts = []
+    if message.content:
+        text = message.content
+        parts.append(text if len(text) <= _CLIP else text[:_CLIP] + " ...")
+    for call in message.tool_calls or ():
+        parts.append(f"-> {call.function.name}({call.function.arguments})")
+    return "\n".join(parts) or "(empty)"
