@@ -47,7 +47,7 @@ def test_rollout_prints_conversation_and_verdict() -> None:
 
 
 def test_rollout_many_writes_jsonl(tmp_path) -> None:
-    out = tmp_path / "t.jsonl"
+    out = tmp_path / "new_dir" / "t.jsonl"
     result = runner.invoke(app, ["rollout", "trajgym/Retail-v0", "--n", "20", "-o", str(out)])
     assert result.exit_code == 0, result.output
     lines = out.read_text().splitlines()

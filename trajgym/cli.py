@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import click
@@ -96,6 +97,7 @@ def rollout(
             run_episode(env, _make_agent(agent), seed=seed + i, task_id=task_id, persona=persona)
         )
     if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w") as f:
             for t in results:
                 f.write(t.model_dump_json() + "\n")
