@@ -6,6 +6,7 @@ Heavy libraries (litellm, torch) are imported inside the verbs that need them, s
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,92 @@ def rollout(
         print_summary(console, results)
     else:
         print_trajectory(console, results[0])
+
+
+@app.command()
+def generate(
+    config: Annotated[str | None, typer.Argument(help="YAML config (GenerateConfig).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: a.b=value.")
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option(help="Environment id (repeatable).")] = None,
+    split: Annotated[str | None, typer.Option(help="train, test or ood.")] = None,
+    num_tasks: Annotated[int | None, typer.Option(help="First N tasks per env.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Episodes per task.")] = None,
+    teacher_model: Annotated[
+        str | None, typer.Option(help="litellm model for the assistant (default: expert).")
+    ] = None,
+    api_base: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL.")] = None,
+    tool_mode: Annotated[str | None, typer.Option(help="native or text.")] = None,
+    user_model: Annotated[
+        str | None, typer.Option(help="litellm model for the user (default: scripted).")
+    ] = None,
+    user_api_base: Annotated[str | None, typer.Option(help="Base URL for the user model.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Episodes in flight.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Base seed.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="JSONL store.")] = None,
+) -> None:
+    """Generate trajectories concurrently into a resumable JSONL store.
+
+    Re-running the same command after a crash resumes: episodes already stored are skipped.
+    """
+    from trajgym.config import load_config
+    from trajgym.trajectories.generate import GenerateConfig
+    from trajgym.trajectories.generate import generate as run_generation
+
+    flags = {
+        "split": split,
+        "num_tasks": num_tasks,
+        "samples_per_task": samples,
+        "concurrency": concurrency,
+        "seed": seed,
+        "output": output,
+        "teacher.tool_mode": tool_mode,
+        "teacher.llm.api_base": api_base,
+        "user.llm.api_base": user_api_base,
+    }
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if env:
+        overrides.append(f"envs={json.dumps(env)}")
+    if teacher_model:
+        overrides += ["teacher.kind=litellm", f"teacher.llm.model={teacher_model}"]
+    if user_model:
+        overrides += ["user.kind=litellm", f"user.llm.model={user_model}"]
+    cfg = load_config(GenerateConfig, config, [*overrides, *(set_ or [])])
+    report = run_generation(cfg, show_progress=True)
+    table = Table("", "value", title=f"generation into {cfg.output}")
+    for key, value in report.as_dict().items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def export(
+    inputs: Annotated[list[str], typer.Argument(help="Trajectory JSONL files.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output file or folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="hf, openai or sharegpt.")] = "hf",
+    split: Annotated[list[str] | None, typer.Option(help="Keep this split (repeatable).")] = None,
+    provenance: Annotated[
+        list[str] | None, typer.Option(help="Keep this provenance kind (repeatable).")
+    ] = None,
+    min_reward: Annotated[float | None, typer.Option(help="Keep rewards >= this.")] = None,
+    status: Annotated[str, typer.Option(help="Keep this status: ok, error or any.")] = "ok",
+) -> None:
+    """Export trajectories for training: a HF dataset, OpenAI fine-tuning JSONL, or ShareGPT."""
+    from trajgym.trajectories.export import ExportFilter
+    from trajgym.trajectories.export import export as run_export
+
+    if fmt not in ("hf", "openai", "sharegpt"):
+        raise TrajgymError(f"Unknown format '{fmt}'. Choose hf, openai or sharegpt.")
+    keep = ExportFilter(
+        splits=split,
+        provenance=provenance,
+        min_reward=min_reward,
+        status=None if status == "any" else [status],
+    )
+    counts = run_export(inputs, output, fmt, keep)  # type: ignore[arg-type]
+    total = sum(counts.values())
+    console.print(f"exported {total} trajectories to {output} ({fmt}); by split: {counts}")
 
 
 def _make_agent(name: str) -> Agent:

@@ -17,3 +17,15 @@ class UnknownEnvironmentError(TrajgymError):
 
 class UnknownTaskError(TrajgymError):
     """A task id that does not exist in the requested environment and split."""
+
+
+class InfrastructureError(Exception):
+    """A provider or simulator failure that survived retries: the episode is an error, not a 0."""
+
+
+class ProviderError(InfrastructureError):
+    """A model call failed (rate limits, server errors, timeouts, malformed replies)."""
+
+
+class SimulatorFault(InfrastructureError):
+    """The simulated user kept misbehaving (empty replies, premature stops, leaked prompts)."""

@@ -9,7 +9,15 @@ import gymnasium
 
 from trajgym.agents.base import Agent, EpisodeContext
 from trajgym.envs.base import ToolEnv
-from trajgym.trajectories.schema import Message, StepTiming, Termination, Trajectory, Verdict
+from trajgym.errors import InfrastructureError
+from trajgym.trajectories.schema import (
+    Message,
+    StepTiming,
+    Termination,
+    Trajectory,
+    Usage,
+    Verdict,
+)
 
 
 def rollout(
@@ -21,24 +29,27 @@ def rollout(
     persona: str | None = None,
     sample_index: int = 0,
 ) -> Trajectory:
-    """Play one episode to its end (user stop, transfer, truncation or an agent failure).
+    """Play one episode to its end (user stop, transfer, truncation or a failure).
 
-    A failure of the agent's infrastructure (a provider error that survived retries, say)
-    is recorded as ``status="error"`` with its reason, never as a zero reward.
+    A failure of the agent (a provider error that survived retries, say) or of the
+    simulated user is recorded as ``status="error"`` with its reason, never as a 0 reward.
     """
     base = env.unwrapped
     if not isinstance(base, ToolEnv):
         raise TypeError(f"{base!r} is not a trajgym environment.")
-    options: dict[str, Any] = {"task_id": task_id, "persona": persona}
-    obs, info = env.reset(seed=seed, options={k: v for k, v in options.items() if v is not None})
+    options = {k: v for k, v in {"task_id": task_id, "persona": persona}.items() if v}
+    try:
+        obs, info = env.reset(seed=seed, options=options)
+    except InfrastructureError as e:
+        task = base.task_by_id(task_id) if task_id else None
+        return _failed_start(base, agent, seed, sample_index, task_id, task, f"user: {e}")
     messages: list[Message] = [Message(role="system", content=info["system_prompt"]), *obs.messages]
-    confirm = tuple(name for name, t in base.toolkit.tools.items() if t.writes)
     agent.reset(
         EpisodeContext(
             task=info["task"],
             system_prompt=info["system_prompt"],
             tools=tuple(info["tools"]),
-            confirm_tools=confirm,
+            confirm_tools=tuple(n for n, t in base.toolkit.tools.items() if t.writes),
             seed=seed,
         )
     )
@@ -56,7 +67,12 @@ def rollout(
             error, termination = f"agent: {type(e).__name__}: {e}", "error"
             break
         acted = time.perf_counter()
-        obs, _, terminated, truncated, step_info = env.step(action)
+        try:
+            obs, _, terminated, truncated, step_info = env.step(action)
+        except InfrastructureError as e:
+            messages.append(action)
+            error, termination = f"user: {e}", "error"
+            break
         timings.append(StepTiming(agent_s=acted - started, env_s=time.perf_counter() - acted))
         messages += [action, *obs.messages]
         if terminated:
@@ -83,4 +99,34 @@ def rollout(
         termination=termination,
         provenance=agent.provenance,
         timings=tuple(timings),
+        usage=getattr(agent, "usage", Usage()),
+        user_usage=getattr(base.user, "usage", Usage()),
+    )
+
+
+def _failed_start(
+    base: ToolEnv[Any],
+    agent: Agent,
+    seed: int,
+    sample_index: int,
+    task_id: str | None,
+    task: Any,
+    error: str,
+) -> Trajectory:
+    """An episode whose simulated user could not even open the conversation."""
+    return Trajectory(
+        env_id=base.env_id,
+        env_version=base.version,
+        task_id=task_id or "",
+        split=base.split,
+        family=task.family if task else "",
+        seed=seed,
+        persona="",
+        sample_index=sample_index,
+        messages=(),
+        status="error",
+        error=error,
+        termination="error",
+        provenance=agent.provenance,
+        user_usage=getattr(base.user, "usage", Usage()),
     )

@@ -175,7 +175,8 @@ class Trajectory(Frozen):
     termination: Termination
     provenance: Provenance
     timings: tuple[StepTiming, ...] = ()
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage = Field(default_factory=Usage, description="What the agent's calls cost.")
+    user_usage: Usage = Field(default_factory=Usage, description="What the simulated user cost.")
 
     @property
     def key(self) -> tuple[str, str, int]:

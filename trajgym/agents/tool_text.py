@@ -1,0 +1,123 @@
+"""Tool calls written as text, for models without native function calling.
+
+The format is Hermes / ChatML-with-tools: the tool schemas go in the system prompt, a call is
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` and a result comes back as
+``<tool_response>...</tool_response>``. The parser is lenient about what it accepts (bare
+JSON, several calls, a missing closing tag) but never repairs a call: a call it cannot read
+is recorded as written, so the environment answers it with an error the model can learn from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from trajgym.trajectories.schema import FunctionCall, Message, ToolCall
+
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
+_NAME = re.compile(r'"name"\s*:\s*"([^"]*)"')
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
+
+
+def tools_prompt(tools: Sequence[dict[str, Any]]) -> str:
+    """The system-prompt section that lists the tools and the call format."""
+    lines = [
+        "# Tools",
+        "You may call one or more functions. Their signatures are within <tools></tools>:",
+        "<tools>",
+        *(json.dumps(t.get("function", t), separators=(",", ":")) for t in tools),
+        "</tools>",
+        "To call a function, reply with one line per call:",
+        '<tool_call>{"name": <function-name>, "arguments": <args-json-object>}</tool_call>',
+    ]
+    return "\n".join(lines)
+
+
+def render_call(call: ToolCall) -> str:
+    """One tool call in the text format (the model's arguments are kept as written)."""
+    try:
+        args: Any = json.loads(call.function.arguments or "{}")
+    except json.JSONDecodeError:
+        args = call.function.arguments
+    body = json.dumps({"name": call.function.name, "arguments": args}, separators=(", ", ": "))
+    return f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
+
+
+def render_response(message: Message) -> str:
+    """A tool result in the text format."""
+    return f"<tool_response>\n{message.text}\n</tool_response>"
+
+
+def parse_reply(text: str, id_prefix: str = "call") -> Message:
+    """Turn a model's text into an assistant message with any tool calls it wrote."""
+    calls: list[ToolCall] = []
+    blocks = _BLOCK.findall(text)
+    if blocks:
+        content = _BLOCK.sub("", text).strip()
+        bodies = [b.strip() for b in blocks]
+    else:
+        bare = _bare_calls(text)
+        content, bodies = ("", bare) if bare else (text.strip(), [])
+    for n, body in enumerate(bodies):
+        calls.append(_to_call(body, f"{id_prefix}_{n}"))
+    return Message(role="assistant", content=content or None, tool_calls=tuple(calls) or None)
+
+
+def _bare_calls(text: str) -> list[str]:
+    """Bodies of calls written as bare JSON (an object, or a list of objects), if any."""
+    stripped = text.strip()
+    fenced = _FENCE.match(stripped)
+    if fenced:
+        stripped = fenced.group(1)
+    if not stripped.startswith(("{", "[")):
+        return []
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError:
+        return []
+    items = value if isinstance(value, list) else [value]
+    if items and all(isinstance(i, dict) and "name" in i for i in items):
+        return [json.dumps(i) for i in items]
+    return []
+
+
+def _to_call(body: str, call_id: str) -> ToolCall:
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        args = value.get("arguments", value.get("parameters", {}))
+        arguments = args if isinstance(args, str) else json.dumps(args)
+        return ToolCall(id=call_id, function=FunctionCall(name=value["name"], arguments=arguments))
+    # Unreadable: keep the text as the arguments so that the env reports what is wrong.
+    name = _NAME.search(body)
+    return ToolCall(
+        id=call_id, function=FunctionCall(name=name.group(1) if name else "", arguments=body)
+    )
+
+
+def to_text_messages(
+    messages: Sequence[Message], tools: Sequence[dict[str, Any]]
+) -> list[dict[str, str]]:
+    """A conversation for a model without native tools: calls and results become text."""
+    out: list[dict[str, str]] = []
+    for m in messages:
+        if m.role == "system":
+            out.append({"role": "system", "content": f"{m.text}\n\n{tools_prompt(tools)}"})
+        elif m.role == "assistant":
+            parts = [m.text] if m.text else []
+            parts += [render_call(c) for c in m.tool_calls or ()]
+            out.append({"role": "assistant", "content": "\n".join(parts)})
+        elif m.role == "tool":
+            text = render_response(m)
+            if out and out[-1]["role"] == "user" and out[-1]["content"].startswith("<tool_response>"):
+                out[-1]["content"] += "\n" + text  # parallel results share one turn
+            else:
+                out.append({"role": "user", "content": text})
+        else:
+            out.append({"role": "user", "content": m.text})
+    return out

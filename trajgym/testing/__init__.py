@@ -1,0 +1,1 @@
+"""Test helpers shipped with trajgym: a fake OpenAI-compatible server."""

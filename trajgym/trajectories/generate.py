@@ -1,0 +1,245 @@
+"""Generate trajectories at high concurrency into a resumable store.
+
+Episodes are keyed (env, task, sample); the ones already in the store are skipped, so
+re-running the same command after a crash finishes the job without losing or repeating an
+episode. Each worker thread owns its environments (gymnasium envs are not thread-safe);
+model clients are shared, with their own concurrency limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from trajgym.agents.base import Agent
+from trajgym.agents.llm import LLMClient, LLMConfig
+from trajgym.config import save_config
+from trajgym.envs import make
+from trajgym.envs.users.base import UserFactory, get_persona
+from trajgym.envs.users.llm import LLMUser, SimulatorStats
+from trajgym.trajectories.rollout import rollout
+from trajgym.trajectories.schema import Trajectory, Usage
+from trajgym.trajectories.store import Key, TrajectoryStore
+
+
+class AgentSpec(BaseModel):
+    """The agent that plays the assistant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["expert", "litellm"] = Field("expert", description="Scripted expert or an LLM.")
+    llm: LLMConfig | None = Field(None, description="Model settings when kind is 'litellm'.")
+    tool_mode: Literal["native", "text"] = Field("native", description="How tools reach the LLM.")
+
+    @model_validator(mode="after")
+    def _llm_needs_config(self) -> AgentSpec:
+        if self.kind == "litellm" and self.llm is None:
+            raise ValueError("kind 'litellm' needs an 'llm' section with at least 'model'")
+        return self
+
+
+class UserSpec(BaseModel):
+    """Who plays the user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["scripted", "litellm"] = Field("scripted", description="Scripted or an LLM.")
+    llm: LLMConfig | None = Field(None, description="Model settings when kind is 'litellm'.")
+
+    @model_validator(mode="after")
+    def _llm_needs_config(self) -> UserSpec:
+        if self.kind == "litellm" and self.llm is None:
+            raise ValueError("kind 'litellm' needs an 'llm' section with at least 'model'")
+        return self
+
+
+class GenerateConfig(BaseModel):
+    """A generation run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    envs: list[str] = Field(["trajgym/Retail-v0"], description="Environment ids.")
+    split: Literal["train", "test", "ood"] = Field("train", description="Task split.")
+    num_tasks: int | None = Field(None, ge=1, description="First N tasks per env (all if unset).")
+    samples_per_task: int = Field(1, ge=1, description="Episodes per task.")
+    teacher: AgentSpec = Field(default_factory=AgentSpec, description="The assistant.")
+    user: UserSpec = Field(default_factory=UserSpec, description="The simulated user.")
+    personas: list[str] | None = Field(None, description="Personas to cycle (env's if unset).")
+    seed: int = Field(0, description="Base seed; each episode's seed derives from it and its key.")
+    output: Path = Field(Path("runs/generate/trajectories.jsonl"), description="JSONL store.")
+    concurrency: int = Field(64, ge=1, le=4096, description="Episodes in flight at once.")
+
+    @model_validator(mode="after")
+    def _known_personas(self) -> GenerateConfig:
+        for name in self.personas or ():
+            get_persona(name)
+        return self
+
+
+@dataclass
+class GenerateReport:
+    """What a generation run did; counters are updated live by the workers."""
+
+    planned: int = 0
+    skipped: int = 0
+    written: int = 0
+    ok: int = 0
+    errors: int = 0
+    successes: int = 0
+    usage: Usage = field(default_factory=Usage)
+    simulator: SimulatorStats = field(default_factory=SimulatorStats)
+    wall_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, t: Trajectory) -> None:
+        """Count one finished episode."""
+        with self._lock:
+            self.written += 1
+            self.ok += t.status == "ok"
+            self.errors += t.status == "error"
+            self.successes += t.success
+            self.usage = self.usage + t.usage + t.user_usage
+
+    def line(self) -> str:
+        """The progress bar's live counters."""
+        u = self.usage
+        tokens = u.prompt_tokens + u.completion_tokens
+        return f"ok {self.ok}  error {self.errors}  tokens {tokens:,}  cost ${u.cost_usd:.4f}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "planned": self.planned,
+            "skipped_already_stored": self.skipped,
+            "written": self.written,
+            "ok": self.ok,
+            "errors": self.errors,
+            "successes": self.successes,
+            "success_rate_of_ok": self.successes / max(1, self.ok),
+            "usage": self.usage.model_dump(),
+            "simulator_turns": self.simulator.turns,
+            "simulator_faults": dict(self.simulator.faults),
+            "simulator_fault_rate": self.simulator.fault_rate,
+            "wall_s": round(self.wall_s, 3),
+            "episodes_per_s": round(self.written / self.wall_s, 3) if self.wall_s else None,
+        }
+
+
+def episode_seed(base: int, key: Key) -> int:
+    """A stable per-episode seed: the same key always replays the same episode."""
+    digest = hashlib.sha256(f"{base}|{key[0]}|{key[1]}|{key[2]}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def plan(config: GenerateConfig) -> list[Key]:
+    """Every (env, task, sample) the run must produce, in a fixed order."""
+    keys: list[Key] = []
+    for env_id in config.envs:
+        env = make(env_id, split=config.split).unwrapped
+        tasks = env.tasks(config.split)[: config.num_tasks]  # type: ignore[attr-defined]
+        keys += [(env_id, t.id, s) for t in tasks for s in range(config.samples_per_task)]
+    return keys
+
+
+def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateReport:
+    """Run (or resume) a generation; returns the report, also saved beside the output."""
+    started = time.perf_counter()
+    save_config(config, config.output.with_suffix(".config.yaml"))
+    report = GenerateReport()
+    teacher = LLMClient(config.teacher.llm) if config.teacher.llm else None
+    users = LLMClient(config.user.llm) if config.user.kind == "litellm" and config.user.llm else None
+    user_factory = _user_factory(users, report.simulator)
+    local = threading.local()
+    with TrajectoryStore(config.output) as store:
+        keys = plan(config)
+        todo = [k for k in keys if k not in store]
+        report.planned, report.skipped = len(keys), len(keys) - len(todo)
+
+        def run(key: Key) -> None:
+            envs = local.__dict__.setdefault("envs", {})
+            if key[0] not in envs:
+                envs[key[0]] = make(key[0], split=config.split, user=user_factory)
+            persona = None
+            if config.personas:
+                persona = config.personas[episode_seed(config.seed + 1, key) % len(config.personas)]
+            t = rollout(
+                envs[key[0]],
+                _make_agent(config.teacher, teacher),
+                seed=episode_seed(config.seed, key),
+                task_id=key[1],
+                persona=persona,
+                sample_index=key[2],
+            )
+            if store.append(t):
+                report.add(t)
+
+        _run_all(run, todo, config.concurrency, report, show_progress)
+    report.wall_s = time.perf_counter() - started
+    summary = config.output.with_suffix(".summary.json")
+    summary.write_text(json.dumps(report.as_dict(), indent=1))
+    return report
+
+
+def _run_all(
+    run: Callable[[Key], None],
+    todo: list[Key],
+    concurrency: int,
+    report: GenerateReport,
+    show_progress: bool,
+) -> None:
+    """Keep ``concurrency`` episodes in flight; stop at the first unexpected exception."""
+    progress = Progress(
+        TextColumn("[bold]generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+    )
+    with progress, ThreadPoolExecutor(max_workers=concurrency) as pool:
+        bar = progress.add_task("episodes", total=len(todo), stats=report.line())
+        pending: set[Future[None]] = set()
+        queue: Iterator[Key] = iter(todo)
+        for key in queue:
+            pending.add(pool.submit(run, key))
+            if len(pending) >= concurrency:
+                break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION, timeout=0.25)
+            for future in done:
+                future.result()  # a bug, not a provider fault: stop loudly
+                next_key = next(queue, None)
+                if next_key is not None:
+                    pending.add(pool.submit(run, next_key))
+            progress.update(bar, completed=report.written, stats=report.line())
+
+
+def _make_agent(spec: AgentSpec, client: LLMClient | None) -> Agent:
+    if spec.kind == "expert":
+        from trajgym.agents.expert import ScriptedExpert
+
+        return ScriptedExpert()
+    from trajgym.agents.teacher import LLMAgent
+
+    assert spec.llm is not None and client is not None
+    return LLMAgent(spec.llm, tool_mode=spec.tool_mode, client=client)
+
+
+def _user_factory(client: LLMClient | None, stats: SimulatorStats) -> UserFactory | str:
+    if client is None:
+        return "scripted"
+
+    def factory(task: Any, persona: Any, seed: int) -> LLMUser:
+        return LLMUser(client, task, persona, seed, stats=stats)
+
+    return factory
