@@ -19,9 +19,7 @@ from trajgym.errors import ConfigError
 C = TypeVar("C", bound=BaseModel)
 
 
-def load_config(
-    model: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()
-) -> C:
+def load_config(model: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
     """Build ``model`` from a YAML file (optional) and ``a.b=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:

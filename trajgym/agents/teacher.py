@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from pydantic import JsonValue
+
 from trajgym.agents.base import EpisodeContext
 from trajgym.agents.llm import LLMClient, LLMConfig, to_wire
 from trajgym.agents.tool_text import parse_reply, to_text_messages
@@ -39,8 +41,10 @@ class LLMAgent:
     @property
     def provenance(self) -> Provenance:
         """A teacher trajectory, with the model and decoding parameters."""
-        decoding = {**self.config.decoding(), "tool_mode": self.tool_mode}
-        return Provenance(kind=self.kind, agent="LLMAgent", model=self.config.model, decoding=decoding)
+        decoding: dict[str, JsonValue] = {**self.config.decoding(), "tool_mode": self.tool_mode}
+        return Provenance(
+            kind=self.kind, agent="LLMAgent", model=self.config.model, decoding=decoding
+        )
 
     def reset(self, context: EpisodeContext) -> None:
         """Take the episode's tools; the task itself stays hidden."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
 from trajgym.trajectories.schema import FunctionCall, Message, ToolCall
@@ -28,7 +29,10 @@ def tools_prompt(tools: Sequence[dict[str, Any]]) -> str:
         "# Tools",
         "You may call one or more functions. Their signatures are within <tools></tools>:",
         "<tools>",
-        *(json.dumps(t.get("function", t), separators=(",", ":")) for t in tools),
+        *(
+            json.dumps(t.get("function", t), separators=(",", ":"), ensure_ascii=False)
+            for t in tools
+        ),
         "</tools>",
         "To call a function, reply with one line per call:",
         '<tool_call>{"name": <function-name>, "arguments": <args-json-object>}</tool_call>',
@@ -37,13 +41,21 @@ def tools_prompt(tools: Sequence[dict[str, Any]]) -> str:
 
 
 def render_call(call: ToolCall) -> str:
-    """One tool call in the text format (the model's arguments are kept as written)."""
-    try:
-        args: Any = json.loads(call.function.arguments or "{}")
-    except json.JSONDecodeError:
-        args = call.function.arguments
-    body = json.dumps({"name": call.function.name, "arguments": args}, separators=(", ", ": "))
+    """One tool call in the text format; the arguments are written exactly as the model did."""
+    name = json.dumps(call.function.name, ensure_ascii=False)
+    body = f'{{"name": {name}, "arguments": {call.function.arguments}}}'
     return f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
+
+
+def chatml(conversation: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """Text-mode messages (from :func:`to_text_messages`) as one ChatML string."""
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in conversation)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def chat_template() -> str:
+    """The ChatML-with-tools Jinja template that renders exactly like :func:`chatml`."""
+    return resources.files("trajgym.agents").joinpath("templates/chatml_tools.jinja").read_text()
 
 
 def render_response(message: Message) -> str:
@@ -114,7 +126,11 @@ def to_text_messages(
             out.append({"role": "assistant", "content": "\n".join(parts)})
         elif m.role == "tool":
             text = render_response(m)
-            if out and out[-1]["role"] == "user" and out[-1]["content"].startswith("<tool_response>"):
+            if (
+                out
+                and out[-1]["role"] == "user"
+                and out[-1]["content"].startswith("<tool_response>")
+            ):
                 out[-1]["content"] += "\n" + text  # parallel results share one turn
             else:
                 out.append({"role": "user", "content": text})

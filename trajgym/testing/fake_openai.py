@@ -70,6 +70,7 @@ class FakeOpenAIServer:
         self.faults = faults or FaultPlan()
         self.stats = ServerStats()
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -115,6 +116,7 @@ class FakeOpenAIServer:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        self.authorizations.add(request.headers.get("Authorization", ""))
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
@@ -205,3 +207,24 @@ def scripted_user_responder(request: dict[str, Any]) -> dict[str, Any]:
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+\w")
 _OPENING = re.compile(r"start with '([^']*)'")
+
+
+def tool_then_text_responder(request: dict[str, Any]) -> dict[str, Any]:
+    """Answer every user turn with one tool call, then a closing sentence (for benchmarks)."""
+    messages = request.get("messages", [])
+    if messages and messages[-1].get("role") == "tool":
+        return {"role": "assistant", "content": "That is done."}
+    call = {
+        "id": f"call_{len(messages)}",
+        "type": "function",
+        "function": {"name": "list_product_types", "arguments": "{}"},
+    }
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def serve_forever(port_queue: Any, latency_s: float) -> None:
+    """Run a server in this process until killed (for benchmarks that keep it off their GIL)."""
+    with FakeOpenAIServer(tool_then_text_responder, latency_s=latency_s) as server:
+        port_queue.put(server.port)
+        while True:
+            time.sleep(3600)

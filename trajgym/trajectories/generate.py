@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,12 +72,15 @@ class GenerateConfig(BaseModel):
     split: Literal["train", "test", "ood"] = Field("train", description="Task split.")
     num_tasks: int | None = Field(None, ge=1, description="First N tasks per env (all if unset).")
     samples_per_task: int = Field(1, ge=1, description="Episodes per task.")
-    teacher: AgentSpec = Field(default_factory=AgentSpec, description="The assistant.")
-    user: UserSpec = Field(default_factory=UserSpec, description="The simulated user.")
+    teacher: AgentSpec = Field(default_factory=lambda: AgentSpec(), description="The assistant.")
+    user: UserSpec = Field(default_factory=lambda: UserSpec(), description="The simulated user.")
     personas: list[str] | None = Field(None, description="Personas to cycle (env's if unset).")
     seed: int = Field(0, description="Base seed; each episode's seed derives from it and its key.")
     output: Path = Field(Path("runs/generate/trajectories.jsonl"), description="JSONL store.")
     concurrency: int = Field(64, ge=1, le=4096, description="Episodes in flight at once.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Truncate episodes after this many agent steps (env's if unset)."
+    )
 
     @model_validator(mode="after")
     def _known_personas(self) -> GenerateConfig:
@@ -99,6 +102,7 @@ class GenerateReport:
     usage: Usage = field(default_factory=Usage)
     simulator: SimulatorStats = field(default_factory=SimulatorStats)
     wall_s: float = 0.0
+    episodes_wall_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, t: Trajectory) -> None:
@@ -131,7 +135,10 @@ class GenerateReport:
             "simulator_faults": dict(self.simulator.faults),
             "simulator_fault_rate": self.simulator.fault_rate,
             "wall_s": round(self.wall_s, 3),
-            "episodes_per_s": round(self.written / self.wall_s, 3) if self.wall_s else None,
+            "episodes_wall_s": round(self.episodes_wall_s, 3),
+            "episodes_per_s": (
+                round(self.written / self.episodes_wall_s, 3) if self.episodes_wall_s else None
+            ),
         }
 
 
@@ -142,13 +149,19 @@ def episode_seed(base: int, key: Key) -> int:
 
 
 def plan(config: GenerateConfig) -> list[Key]:
-    """Every (env, task, sample) the run must produce, in a fixed order."""
-    keys: list[Key] = []
+    """Every (env, task, sample) the run must produce, longest tasks first.
+
+    Starting the longest episodes first keeps every slot busy until the end of the run
+    instead of leaving a tail of long episodes running alone (longest-processing-time first).
+    """
+    jobs: list[tuple[int, Key]] = []
     for env_id in config.envs:
         env = make(env_id, split=config.split).unwrapped
         tasks = env.tasks(config.split)[: config.num_tasks]  # type: ignore[attr-defined]
-        keys += [(env_id, t.id, s) for t in tasks for s in range(config.samples_per_task)]
-    return keys
+        for t in tasks:
+            size = len(t.gold_actions) + 3 * len(t.goal.intents)
+            jobs += [(size, (env_id, t.id, s)) for s in range(config.samples_per_task)]
+    return [key for _, key in sorted(jobs, key=lambda job: -job[0])]
 
 
 def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateReport:
@@ -157,7 +170,9 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
     save_config(config, config.output.with_suffix(".config.yaml"))
     report = GenerateReport()
     teacher = LLMClient(config.teacher.llm) if config.teacher.llm else None
-    users = LLMClient(config.user.llm) if config.user.kind == "litellm" and config.user.llm else None
+    users = (
+        LLMClient(config.user.llm) if config.user.kind == "litellm" and config.user.llm else None
+    )
     user_factory = _user_factory(users, report.simulator)
     local = threading.local()
     with TrajectoryStore(config.output) as store:
@@ -168,7 +183,8 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
         def run(key: Key) -> None:
             envs = local.__dict__.setdefault("envs", {})
             if key[0] not in envs:
-                envs[key[0]] = make(key[0], split=config.split, user=user_factory)
+                limit = {"max_episode_steps": config.max_steps} if config.max_steps else {}
+                envs[key[0]] = make(key[0], split=config.split, user=user_factory, **limit)
             persona = None
             if config.personas:
                 persona = config.personas[episode_seed(config.seed + 1, key) % len(config.personas)]
@@ -183,7 +199,9 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
             if store.append(t):
                 report.add(t)
 
+        episodes_started = time.perf_counter()
         _run_all(run, todo, config.concurrency, report, show_progress)
+        report.episodes_wall_s = time.perf_counter() - episodes_started
     report.wall_s = time.perf_counter() - started
     summary = config.output.with_suffix(".summary.json")
     summary.write_text(json.dumps(report.as_dict(), indent=1))
@@ -215,7 +233,7 @@ def _run_all(
             if len(pending) >= concurrency:
                 break
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION, timeout=0.25)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED, timeout=0.25)
             for future in done:
                 future.result()  # a bug, not a provider fault: stop loudly
                 next_key = next(queue, None)

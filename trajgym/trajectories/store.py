@@ -114,4 +114,3 @@ def _cut_torn_tail(path: Path) -> int:
             end = start
         f.truncate(0)
         return size
-

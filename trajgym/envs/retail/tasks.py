@@ -70,7 +70,7 @@ class _Draw:
 
 
 def _act(name: str, **arguments: object) -> Action:
-    return Action(name=name, arguments=arguments)  # type: ignore[arg-type]
+    return Action(name=name, arguments=arguments)
 
 
 def _money(x: float) -> str:

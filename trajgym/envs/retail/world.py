@@ -327,7 +327,7 @@ def _make_order(
     return Order(
         order_id=order_id,
         user_id=customer.user_id,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         address=customer.address if rng.random() < 0.85 else random_address(rng),
         items=tuple(items),
         payments=tuple(payments),

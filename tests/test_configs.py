@@ -1,0 +1,15 @@
+"""Shipped configs stay valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trajgym.config import load_config
+from trajgym.trajectories.generate import GenerateConfig
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def test_generate_config_loads() -> None:
+    cfg = load_config(GenerateConfig, CONFIGS / "generate.yaml", ["split=test"])
+    assert cfg.split == "test" and cfg.num_tasks == 200 and cfg.teacher.kind == "expert"

@@ -1,0 +1,5 @@
+"""``python -m trajgym`` runs the command line."""
+
+from trajgym.cli import main
+
+main()
