@@ -91,6 +91,18 @@ def test_key_is_sent_but_never_recorded(monkeypatch, tmp_path) -> None:
     assert secret not in t.model_dump_json() and secret not in json.dumps(cfg.model_dump())
 
 
+def first_turn(agent: LLMAgent):
+    """Start an episode and let ``agent`` answer a first 'hi'."""
+    env = make("trajgym/Retail-v0", split="test")
+    _, info = env.reset(seed=0)
+    agent.reset(
+        EpisodeContext(task=info["task"], system_prompt="p", tools=tuple(info["tools"]), seed=0)
+    )
+    return env, agent.act(
+        [Message(role="system", content="policy"), Message(role="user", content="hi")]
+    )
+
+
 def test_native_tool_calls_are_recorded_as_written() -> None:
     bad = {
         "role": "assistant",
@@ -105,14 +117,7 @@ def test_native_tool_calls_are_recorded_as_written() -> None:
     }
     with FakeOpenAIServer(lambda body: bad) as server:
         agent = LLMAgent(config(server))
-        env = make("trajgym/Retail-v0", split="test")
-        _, info = env.reset(seed=0)
-        agent.reset(
-            EpisodeContext(task=info["task"], system_prompt="p", tools=tuple(info["tools"]), seed=0)
-        )
-        message = agent.act(
-            [Message(role="system", content="p"), Message(role="user", content="hi")]
-        )
+        env, message = first_turn(agent)
         assert server.requests[0]["tools"] and len(server.requests[0]["tools"]) == 14
     assert message.tool_calls[0].function.arguments == "{'order_id': 1"
     obs, *_ = env.step(message)
@@ -123,14 +128,7 @@ def test_text_mode_puts_tools_in_prompt_and_parses_calls() -> None:
     text = 'Sure.\n<tool_call>{"name": "list_product_types", "arguments": {}}</tool_call>'
     with FakeOpenAIServer(reply(text)) as server:
         agent = LLMAgent(config(server), tool_mode="text")
-        env = make("trajgym/Retail-v0", split="test")
-        _, info = env.reset(seed=0)
-        agent.reset(
-            EpisodeContext(task=info["task"], system_prompt="p", tools=tuple(info["tools"]), seed=0)
-        )
-        message = agent.act(
-            [Message(role="system", content="policy"), Message(role="user", content="hi")]
-        )
+        env, message = first_turn(agent)
         sent = server.requests[0]
     assert "tools" not in sent and "<tools>" in sent["messages"][0]["content"]
     assert (
