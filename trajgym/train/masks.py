@@ -1,0 +1,93 @@
+"""Which tokens carry loss: one function, shared by SFT and RL.
+
+Only the assistant's own tokens (its text, its tool calls and its end-of-turn token) are
+trained on; system, user and tool tokens never are. The spans are found from the chat
+template itself, so any template works: for each assistant message, the conversation up to
+it is rendered with the generation prompt, then with the message; the difference is what
+the assistant wrote. The spans are mapped to tokens through the tokenizer's offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trajgym.errors import TrajgymError
+
+IGNORE_INDEX = -100
+
+
+class TemplateError(TrajgymError):
+    """A chat template whose rendering of a conversation is not prefix-stable."""
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """A conversation as token ids, with the loss mask and labels."""
+
+    input_ids: list[int]
+    assistant_mask: list[int]
+
+    @property
+    def labels(self) -> list[int]:
+        """Input ids where the assistant spoke, IGNORE_INDEX elsewhere."""
+        return [
+            t if m else IGNORE_INDEX
+            for t, m in zip(self.input_ids, self.assistant_mask, strict=True)
+        ]
+
+
+def assistant_spans(
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of each assistant turn."""
+
+    def render(part: Sequence[dict[str, Any]], prompt: bool) -> str:
+        text = tokenizer.apply_chat_template(
+            list(part),
+            tools=list(tools) if tools else None,
+            tokenize=False,
+            add_generation_prompt=prompt,
+        )
+        return str(text)
+
+    full = render(messages, False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before, after = render(messages[:i], True), render(messages[: i + 1], False)
+        if not (after.startswith(before) and full.startswith(after.rstrip())):
+            raise TemplateError(
+                "The chat template does not render the conversation as a growing prefix, so "
+                "assistant tokens cannot be found reliably; use a template that does "
+                "(e.g. trajgym/agents/templates/chatml_tools.jinja)."
+            )
+        # Whitespace after the end-of-turn token is layout, not something the model says.
+        spans.append((len(before), len(after.rstrip())))
+    return full, spans
+
+
+def tokenize_with_masks(
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
+    max_length: int | None = None,
+) -> Tokenized:
+    """Tokenize a conversation; mark the tokens that start inside an assistant span."""
+    full, spans = assistant_spans(tokenizer, messages, tools)
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(encoded["input_ids"])
+    mask = []
+    span_index = 0
+    for start, end in encoded["offset_mapping"]:
+        while span_index < len(spans) and start >= spans[span_index][1]:
+            span_index += 1
+        inside = span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]
+        mask.append(1 if inside and end > start else 0)
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return Tokenized(ids, mask)
