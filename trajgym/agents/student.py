@@ -1,0 +1,97 @@
+"""A student agent: a local transformers causal LM (optionally with a peft adapter).
+
+The conversation and the tool schemas are rendered with the model's chat template (trajgym's
+ChatML-with-tools for the default student, the same one training uses); the reply is parsed
+by the lenient text parser, and a call it cannot read is kept as written for the env to
+answer with an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trajgym.agents.base import EpisodeContext
+from trajgym.agents.tool_text import parse_reply
+from trajgym.trajectories.schema import Message, Provenance, Usage
+
+
+class StudentConfig(BaseModel):
+    """How the student decodes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_new_tokens: int = Field(256, gt=0, description="Most tokens in one reply.")
+    temperature: float = Field(0.0, ge=0.0, description="0 decodes greedily.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, description="Sampling seed (per episode when unset).")
+
+
+class StudentAgent:
+    """Plays the assistant with a local model; one generation per turn."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, config: StudentConfig | None = None, name: str = "student"
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or StudentConfig()
+        self.name = name
+        self.usage = Usage()
+        self._tools: list[dict[str, Any]] = []
+        self._seed = 0
+        self._turn = 0
+
+    @property
+    def provenance(self) -> Provenance:
+        """A student trajectory (self-generated data when kept for training)."""
+        c = self.config
+        decoding = {
+            "temperature": c.temperature,
+            "top_p": c.top_p,
+            "max_new_tokens": c.max_new_tokens,
+        }
+        return Provenance(kind="student", agent="StudentAgent", model=self.name, decoding=decoding)
+
+    def reset(self, context: EpisodeContext) -> None:
+        """Take the episode's tools and seed."""
+        self._tools = list(context.tools)
+        self._seed = self.config.seed if self.config.seed is not None else context.seed
+        self.usage = Usage()
+        self._turn = 0
+
+    def act(self, messages: Sequence[Message]) -> Message:
+        """Generate the next assistant message and parse any tool calls in it."""
+        import torch
+
+        self._turn += 1
+        prompt = self.tokenizer.apply_chat_template(
+            [m.to_openai() for m in messages],
+            tools=self._tools,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = ids.to(self.model.device)
+        sampling = self.config.temperature > 0
+        torch.manual_seed(self._seed * 1000 + self._turn)
+        with torch.no_grad():
+            output = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=self.config.max_new_tokens,
+                do_sample=sampling,
+                temperature=self.config.temperature if sampling else None,
+                top_p=self.config.top_p if sampling else None,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new = output[0, ids.shape[1] :]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        self.usage = self.usage + Usage(prompt_tokens=int(ids.shape[1]), completion_tokens=len(new))
+        message = parse_reply(text, id_prefix=f"call_{self._turn}")
+        if message.content is None and not message.tool_calls:
+            return Message(role="assistant", content="")
+        return message
