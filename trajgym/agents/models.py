@@ -89,7 +89,7 @@ def load_student(
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in torch_dtype:
         raise ConfigError(f"Unknown dtype '{dtype}': choose float32, bfloat16 or float16.")
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype[dtype])
+    lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype[dtype])
     if adapter:
         from peft import PeftModel
 
