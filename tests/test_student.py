@@ -29,9 +29,9 @@ class ScriptedLM:
         self.reply = tokenizer(reply, add_special_tokens=False, return_tensors="pt")["input_ids"]
         self.prompts: list[torch.Tensor] = []
 
-    def generate(self, ids, **kwargs):
-        self.prompts.append(ids)
-        return torch.cat([ids, self.reply], dim=1)
+    def generate(self, input_ids, **kwargs):
+        self.prompts.append(input_ids)
+        return torch.cat([input_ids, self.reply.expand(len(input_ids), -1)], dim=1)
 
 
 def test_student_tool_call_is_parsed_and_executed() -> None:
@@ -84,3 +84,46 @@ def test_a_real_tiny_model_plays_whole_episodes() -> None:
     again = rollout(env, agent, seed=4)
     assert first.status == "ok" and len(first.timings) >= 1
     assert [m.model_dump() for m in first.messages] == [m.model_dump() for m in again.messages]
+
+
+def test_batched_generation_matches_one_by_one_and_batches_episodes() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trajgym.agents.batching import Batcher, generate_batch
+
+    tok = tiny_tokenizer(corpus())
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=16384,
+        )
+    ).eval()
+    prompts = [
+        f"<|im_start|>user\n{'please ' * n}help<|im_end|>\n<|im_start|>assistant\n"
+        for n in range(1, 7)
+    ]
+    alone = [generate_batch(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
+    together = generate_batch(model, tok, prompts, max_new_tokens=6)
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert [g.prompt_tokens for g in together] == [g.prompt_tokens for g in alone]
+
+    batcher = Batcher(model, tok, max_batch=8, max_new_tokens=4)
+    env_agents = [
+        (
+            make("trajgym/Retail-v0", split="test", max_episode_steps=2),
+            StudentAgent(model, tok, batcher=batcher),
+        )
+        for _ in range(8)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda ea: rollout(ea[0], ea[1], seed=1), env_agents))
+    assert all(t.status == "ok" for t in results)
+    assert max(batcher.batches) > 1 and sum(batcher.batches) == sum(len(t.timings) for t in results)

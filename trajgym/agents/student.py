@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajgym.agents.base import EpisodeContext
+from trajgym.agents.batching import Batcher, generate_batch
 from trajgym.agents.tool_text import parse_reply
 from trajgym.trajectories.schema import Message, Provenance, Usage
 
@@ -30,12 +31,21 @@ class StudentConfig(BaseModel):
 
 
 class StudentAgent:
-    """Plays the assistant with a local model; one generation per turn."""
+    """Plays the assistant with a local model.
+
+    With a shared :class:`Batcher`, the turns of many concurrent episodes generate together.
+    """
 
     def __init__(
-        self, model: Any, tokenizer: Any, config: StudentConfig | None = None, name: str = "student"
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: StudentConfig | None = None,
+        name: str = "student",
+        batcher: Batcher | None = None,
     ) -> None:
         self.model = model
+        self.batcher = batcher
         self.tokenizer = tokenizer
         self.config = config or StudentConfig()
         self.name = name
@@ -73,25 +83,18 @@ class StudentAgent:
             add_generation_prompt=True,
             tokenize=False,
         )
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        ids = ids.to(self.model.device)
-        sampling = self.config.temperature > 0
-        torch.manual_seed(self._seed * 1000 + self._turn)
-        with torch.no_grad():
-            output = self.model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.config.max_new_tokens,
-                do_sample=sampling,
-                temperature=self.config.temperature if sampling else None,
-                top_p=self.config.top_p if sampling else None,
-                eos_token_id=self.tokenizer.eos_token_id,
-                pad_token_id=self.tokenizer.pad_token_id,
+        if self.batcher is not None:
+            reply = self.batcher.submit(prompt)
+        else:
+            c = self.config
+            torch.manual_seed(self._seed * 1000 + self._turn)
+            [reply] = generate_batch(
+                self.model, self.tokenizer, [prompt], c.max_new_tokens, c.temperature, c.top_p
             )
-        new = output[0, ids.shape[1] :]
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        self.usage = self.usage + Usage(prompt_tokens=int(ids.shape[1]), completion_tokens=len(new))
-        message = parse_reply(text, id_prefix=f"call_{self._turn}")
+        self.usage = self.usage + Usage(
+            prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens
+        )
+        message = parse_reply(reply.text, id_prefix=f"call_{self._turn}")
         if message.content is None and not message.tool_calls:
             return Message(role="assistant", content="")
         return message
