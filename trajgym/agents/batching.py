@@ -79,11 +79,7 @@ class Batcher:
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch = max_batch
-        self.decoding = {
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-        }
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.batches: list[int] = []  # sizes, for inspection
         self._queue: queue.Queue[tuple[str, Future[Generated]]] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="trajgym-batcher", daemon=True)
@@ -106,7 +102,12 @@ class Batcher:
             self.batches.append(len(pending))
             try:
                 results = generate_batch(
-                    self.model, self.tokenizer, [p for p, _ in pending], **self.decoding
+                    self.model,
+                    self.tokenizer,
+                    [p for p, _ in pending],
+                    self.max_new_tokens,
+                    self.temperature,
+                    self.top_p,
                 )
             except BaseException as e:  # hand the failure to every waiting episode
                 for _, future in pending:
