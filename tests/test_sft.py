@@ -117,3 +117,42 @@ def test_resume_continues_where_it_stopped(setup, tmp_path: Path) -> None:
     resumed = train(config(setup, tmp_path / "resumed", max_steps=6, save_every=3))
     assert partial["steps"] == 3 and resumed["steps"] == 6
     assert resumed["losses"] == pytest.approx(straight["losses"], rel=1e-4)
+
+
+def test_runs_under_accelerate_launch_with_two_cpu_processes(setup, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data, model = setup
+    accelerate = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--num_processes",
+            "2",
+            "--cpu",
+            "-m",
+            "trajgym",
+            "train",
+            "sft",
+            "--data",
+            str(data),
+            "--output-dir",
+            str(tmp_path / "ddp"),
+            "--set",
+            f"model={model}",
+            "--set",
+            "max_steps=2",
+            "--set",
+            "max_length=16384",
+            "--set",
+            "batch_size=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "ddp" / "adapter" / "adapter_config.json").exists()
+    assert "trained 2 steps" in proc.stdout

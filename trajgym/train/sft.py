@@ -78,9 +78,14 @@ def load_examples(config: SFTConfig, tokenizer: Any) -> list[tuple[list[int], li
 
 
 def batches(
-    examples: list[tuple[list[int], list[int]]], config: SFTConfig, epoch: int, pad_id: int
+    examples: list[tuple[list[int], list[int]]],
+    config: SFTConfig,
+    epoch: int,
+    pad_id: int,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[dict[str, Any]]:
-    """Micro-batches for one epoch; similar lengths together so little compute goes to padding."""
+    """This process's micro-batches for one epoch; similar lengths batched together."""
     import torch
 
     rng = random.Random(config.seed + epoch)
@@ -95,7 +100,7 @@ def batches(
         ]
     groups = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     rng.shuffle(groups)
-    for group in groups:
+    for group in groups[rank::world]:  # each process trains on its own share
         width = max(len(examples[i][0]) for i in group)
         ids = torch.full((len(group), width), pad_id)
         labels = torch.full((len(group), width), IGNORE_INDEX)
@@ -143,7 +148,8 @@ def train(config: SFTConfig) -> dict[str, Any]:
             ),
         )
     examples = load_examples(config, tokenizer)
-    micro_per_epoch = math.ceil(len(examples) / config.batch_size)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro_per_epoch = math.ceil(len(examples) / config.batch_size / world)
     total = config.max_steps or math.ceil(micro_per_epoch / config.grad_accum) * config.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -157,7 +163,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
         if step >= total:
             break
         micro_losses: list[float] = []
-        for micro, batch in enumerate(batches(examples, config, epoch, pad)):
+        for micro, batch in enumerate(batches(examples, config, epoch, pad, rank, world)):
             if step >= total:
                 break
             seen = epoch * micro_per_epoch + micro
@@ -181,9 +187,11 @@ def train(config: SFTConfig) -> dict[str, Any]:
                     _checkpoint(out, accelerator, state)
     _checkpoint(out, accelerator, state)
     final = out / ("adapter" if config.lora else "model")
-    accelerator.unwrap_model(model).save_pretrained(final)
-    tokenizer.save_pretrained(final)
-    _plot(losses, out / "loss.png")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(final)
+        tokenizer.save_pretrained(final)
+        _plot(losses, out / "loss.png")
     summary = {
         "steps": step,
         "tokens": tokens,
@@ -191,7 +199,8 @@ def train(config: SFTConfig) -> dict[str, Any]:
         "losses": losses,
         "final": str(final),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if accelerator.is_main_process:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -202,7 +211,8 @@ def _checkpoint(out: Path, accelerator: Any, state: dict[str, Any]) -> None:
     """Model, optimizer, scheduler and RNG state, plus where the loop was."""
     folder = out / "checkpoint"
     accelerator.save_state(str(folder))
-    (folder / "trainer_state.json").write_text(json.dumps(state))
+    if accelerator.is_main_process:
+        (folder / "trainer_state.json").write_text(json.dumps(state))
 
 
 def _resume(out: Path, accelerator: Any) -> dict[str, Any]:
