@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -30,3 +31,23 @@ def tiny_tokenizer(texts: Iterable[str], vocab_size: int = 600) -> PreTrainedTok
         pad_token="<|endoftext|>",
         chat_template=chat_template(),
     )
+
+
+def tiny_model(tokenizer: PreTrainedTokenizerFast, layers: int = 2, seed: int = 0) -> Any:
+    """A randomly initialised 2-layer Llama sized for ``tokenizer`` (CPU-fast)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16384,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)

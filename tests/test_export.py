@@ -84,8 +84,7 @@ def test_openai_and_sharegpt_rows(store: Path, tmp_path: Path) -> None:
 
 
 def test_exported_dataset_trains_two_steps_in_trl(store: Path, tmp_path: Path) -> None:
-    from helpers import tiny_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from helpers import tiny_model, tiny_tokenizer
     from trl import SFTConfig, SFTTrainer
 
     export([store], tmp_path / "ds", "hf", ExportFilter(min_reward=1.0, splits=["train"]))
@@ -103,20 +102,7 @@ def test_exported_dataset_trains_two_steps_in_trl(store: Path, tmp_path: Path) -
         for row in dataset
     ]
     tokenizer = tiny_tokenizer(texts)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=8192,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
+    model = tiny_model(tokenizer)
     before = [p.detach().clone() for p in model.parameters()]
     args = SFTConfig(
         output_dir=str(tmp_path / "trl"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_tokenizer
+from helpers import tiny_model, tiny_tokenizer
 
 from trajgym.agents.tool_text import chatml, to_text_messages
 from trajgym.train.sft import SFTConfig, train
@@ -16,27 +16,13 @@ from trajgym.trajectories.store import read_trajectories
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("sft")
     data = root / "expert.jsonl"
     generate(GenerateConfig(num_tasks=12, output=data), show_progress=False)
     texts = [chatml(to_text_messages(t.messages, t.tools)) for t in read_trajectories(data)]
     tok = tiny_tokenizer(texts, vocab_size=800)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=16384,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    )
+    model = tiny_model(tok)
     model.save_pretrained(root / "tiny")
     tok.save_pretrained(root / "tiny")
     return data, root / "tiny"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from helpers import tiny_tokenizer
+from helpers import tiny_model, tiny_tokenizer
 
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.agents.student import StudentAgent, StudentConfig
@@ -63,21 +63,9 @@ def test_garbled_calls_are_recorded_and_answered_with_errors() -> None:
 
 
 def test_a_real_tiny_model_plays_whole_episodes() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = tiny_tokenizer(corpus())
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=16384,
-        )
-    ).eval()
+    model = tiny_model(tok, layers=1).eval()
     env = make("trajgym/Retail-v0", split="test", max_episode_steps=3)
     agent = StudentAgent(model, tok, StudentConfig(max_new_tokens=8, temperature=1.0))
     first = rollout(env, agent, seed=4)
@@ -89,23 +77,10 @@ def test_a_real_tiny_model_plays_whole_episodes() -> None:
 def test_batched_generation_matches_one_by_one_and_batches_episodes() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from trajgym.agents.batching import Batcher, generate_batch
 
     tok = tiny_tokenizer(corpus())
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=16384,
-        )
-    ).eval()
+    model = tiny_model(tok).eval()
     prompts = [
         f"<|im_start|>user\n{'please ' * n}help<|im_end|>\n<|im_start|>assistant\n"
         for n in range(1, 7)
