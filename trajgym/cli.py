@@ -194,6 +194,57 @@ def export(
     console.print(f"exported {total} trajectories to {output} ({fmt}); by split: {counts}")
 
 
+@app.command("eval")
+def evaluate(
+    config: Annotated[str | None, typer.Argument(help="YAML config (GenerateConfig).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: a.b=value.")
+    ] = None,
+    agent: Annotated[
+        str | None, typer.Option(help="expert, nothing, random, student or litellm.")
+    ] = None,
+    student: Annotated[str | None, typer.Option(help="Student model path or id.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="peft adapter for the student.")] = None,
+    split: Annotated[str, typer.Option(help="train, test or ood.")] = "test",
+    num_tasks: Annotated[int | None, typer.Option(help="First N tasks per env.")] = None,
+    k: Annotated[int, typer.Option(help="Samples per task (pass@k, pass^k).")] = 1,
+    output: Annotated[str, typer.Option("--output", "-o", help="Trajectories JSONL.")] = (
+        "runs/eval/trajectories.jsonl"
+    ),
+) -> None:
+    """Evaluate an agent in an environment: success (95% CI), pass@k, pass^k, breakdowns.
+
+    The trajectories are kept (resumable, like generate); the metrics go to <output>.eval.json.
+    """
+    from trajgym.config import load_config
+    from trajgym.train.evaluate import summarize
+    from trajgym.trajectories.generate import GenerateConfig
+    from trajgym.trajectories.generate import generate as run_generation
+    from trajgym.trajectories.store import read_trajectories
+
+    flags = {
+        "teacher.kind": agent,
+        "teacher.student": student,
+        "teacher.adapter": adapter,
+        "num_tasks": num_tasks,
+    }
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    overrides += [f"split={split}", f"samples_per_task={k}", f"output={output}"]
+    cfg = load_config(GenerateConfig, config, [*overrides, *(set_ or [])])
+    run_generation(cfg, show_progress=True)
+    metrics = summarize(read_trajectories(cfg.output), k)
+    cfg.output.with_suffix(".eval.json").write_text(json.dumps(metrics, indent=1))
+    table = Table("metric", "value", title=f"{cfg.teacher.kind} on {cfg.split}")
+    for key, value in metrics.items():
+        if not key.startswith("by_"):
+            table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    families = Table("family", "episodes", "success")
+    for family, row in metrics["by_family"].items():
+        families.add_row(family, str(row["episodes"]), f"{row['success_rate']:.0%}")
+    console.print(families)
+
+
 train_app = typer.Typer(help="Train students on trajectories.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 

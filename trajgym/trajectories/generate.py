@@ -37,9 +37,17 @@ class AgentSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["expert", "litellm"] = Field("expert", description="Scripted expert or an LLM.")
+    kind: Literal["expert", "litellm", "student", "nothing", "random"] = Field(
+        "expert", description="Scripted expert, an LLM, a local student, or a floor baseline."
+    )
     llm: LLMConfig | None = Field(None, description="Model settings when kind is 'litellm'.")
     tool_mode: Literal["native", "text"] = Field("native", description="How tools reach the LLM.")
+    student: str = Field(
+        "smollm2-135m-instruct", description="Student model path or id (kind 'student')."
+    )
+    adapter: str | None = Field(None, description="peft adapter folder for the student.")
+    max_new_tokens: int = Field(256, gt=0, description="Student reply length limit.")
+    temperature: float = Field(0.0, ge=0.0, description="Student sampling temperature.")
 
     @model_validator(mode="after")
     def _llm_needs_config(self) -> AgentSpec:
@@ -174,6 +182,7 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
         LLMClient(config.user.llm) if config.user.kind == "litellm" and config.user.llm else None
     )
     user_factory = _user_factory(users, report.simulator)
+    batcher = _student_batcher(config) if config.teacher.kind == "student" else None
     local = threading.local()
     with TrajectoryStore(config.output) as store:
         keys = plan(config)
@@ -190,7 +199,7 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
                 persona = config.personas[episode_seed(config.seed + 1, key) % len(config.personas)]
             t = rollout(
                 envs[key[0]],
-                _make_agent(config.teacher, teacher),
+                _make_agent(config.teacher, teacher, batcher),
                 seed=episode_seed(config.seed, key),
                 task_id=key[1],
                 persona=persona,
@@ -242,15 +251,41 @@ def _run_all(
             progress.update(bar, completed=report.written, stats=report.line())
 
 
-def _make_agent(spec: AgentSpec, client: LLMClient | None) -> Agent:
+def _make_agent(spec: AgentSpec, client: LLMClient | None, batcher: Any = None) -> Agent:
     if spec.kind == "expert":
         from trajgym.agents.expert import ScriptedExpert
 
         return ScriptedExpert()
+    if spec.kind in ("nothing", "random"):
+        from trajgym.agents.baselines import DoNothingAgent, RandomToolAgent
+
+        return DoNothingAgent() if spec.kind == "nothing" else RandomToolAgent()
+    if spec.kind == "student":
+        from trajgym.agents.student import StudentAgent, StudentConfig
+
+        decoding = StudentConfig(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature)
+        name = spec.student + (f"+{spec.adapter}" if spec.adapter else "")
+        return StudentAgent(batcher.model, batcher.tokenizer, decoding, name, batcher=batcher)
     from trajgym.agents.teacher import LLMAgent
 
     assert spec.llm is not None and client is not None
     return LLMAgent(spec.llm, tool_mode=spec.tool_mode, client=client)
+
+
+def _student_batcher(config: GenerateConfig) -> Any:
+    """One model, shared by every episode through a batcher (batch = concurrency)."""
+    from trajgym.agents.batching import Batcher
+    from trajgym.agents.models import load_student
+
+    spec = config.teacher
+    model, tokenizer = load_student(spec.student, adapter=spec.adapter)
+    return Batcher(
+        model,
+        tokenizer,
+        max_batch=min(config.concurrency, 16),
+        max_new_tokens=spec.max_new_tokens,
+        temperature=spec.temperature,
+    )
 
 
 def _user_factory(client: LLMClient | None, stats: SimulatorStats) -> UserFactory | str:

@@ -1,0 +1,101 @@
+"""Evaluation metrics over trajectories: success with bootstrap CIs, pass@k, pass^k, breakdowns.
+
+An evaluation is a generation run (the agent under test, k samples per task, in any split)
+followed by :func:`summarize` over the stored trajectories, which are kept for inspection.
+Infrastructure errors are counted apart and never scored as failures.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from trajgym.trajectories.schema import Trajectory
+
+
+def summarize(trajectories: Iterable[Trajectory], k: int, seed: int = 0) -> dict[str, Any]:
+    """Success rate (95% bootstrap CI over tasks), pass@k, pass^k, per family and persona."""
+    every = list(trajectories)
+    errors = [t for t in every if t.status == "error"]
+    scored = [t for t in every if t.status == "ok"]
+    by_task: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    for t in scored:
+        by_task[(t.env_id, t.task_id)].append(t.success)
+    outcomes = list(by_task.values())
+    return {
+        "episodes": len(scored),
+        "errors": len(errors),
+        "tasks": len(outcomes),
+        "success_rate": _rate(outcomes),
+        "success_ci95": bootstrap_ci(outcomes, seed=seed),
+        f"pass@{k}": _mean(pass_at_k(len(o), sum(o), k) for o in outcomes if len(o) >= k),
+        f"pass^{k}": _mean(pass_hat_k(len(o), sum(o), k) for o in outcomes if len(o) >= k),
+        "by_family": _breakdown(scored, "family"),
+        "by_persona": _breakdown(scored, "persona"),
+        "avg_turns": _mean(sum(m.role == "assistant" for m in t.messages) for t in scored),
+        "avg_tool_calls": _mean(_calls(t) for t in scored),
+        "avg_invalid_tool_calls": _mean(_errors(t, _INVALID) for t in scored),
+        "avg_tool_errors": _mean(_errors(t, ("Error:",)) for t in scored),
+    }
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chance that at least one of k samples (from n with c successes) succeeds (unbiased)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_hat_k(n: int, c: int, k: int) -> float:
+    """Chance that all k samples succeed (tau-bench's pass^k), estimated from n samples."""
+    return math.comb(c, k) / math.comb(n, k)
+
+
+def bootstrap_ci(
+    outcomes: list[list[bool]], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile interval of the success rate, resampling whole tasks.
+
+    Episodes of one task are not independent, so tasks, not episodes, are resampled.
+    """
+    if not outcomes:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    rates = sorted(
+        _rate([outcomes[rng.randrange(len(outcomes))] for _ in outcomes]) for _ in range(resamples)
+    )
+    return (rates[int(0.025 * resamples)], rates[int(0.975 * resamples) - 1])
+
+
+def _rate(outcomes: list[list[bool]]) -> float:
+    total = sum(len(o) for o in outcomes)
+    return sum(sum(o) for o in outcomes) / total if total else 0.0
+
+
+def _mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return sum(items) / len(items) if items else 0.0
+
+
+def _breakdown(trajectories: list[Trajectory], field: str) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for t in trajectories:
+        groups[str(getattr(t, field))].append(t.success)
+    return {
+        g: {"episodes": len(v), "success_rate": sum(v) / len(v)} for g, v in sorted(groups.items())
+    }
+
+
+def _calls(t: Trajectory) -> int:
+    return sum(len(m.tool_calls or ()) for m in t.messages)
+
+
+# Calls the toolkit could not even run (as opposed to a tool refusing a valid request).
+_INVALID = ("Error: unknown tool", "Error: arguments for", "Error: invalid arguments for")
+
+
+def _errors(t: Trajectory, prefixes: tuple[str, ...]) -> int:
+    return sum(1 for m in t.messages if m.role == "tool" and m.text.startswith(prefixes))
