@@ -102,3 +102,28 @@ def test_batched_generation_matches_one_by_one_and_batches_episodes() -> None:
         results = list(pool.map(lambda ea: rollout(ea[0], ea[1], seed=1), env_agents))
     assert all(t.status == "ok" for t in results)
     assert max(batcher.batches) > 1 and sum(batcher.batches) == sum(len(t.timings) for t in results)
+
+
+def test_generation_with_a_student_on_disk(tmp_path) -> None:
+    from trajgym.trajectories.generate import GenerateConfig, generate
+    from trajgym.trajectories.store import read_trajectories
+
+    tok = tiny_tokenizer(corpus())
+    tiny_model(tok).save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    cfg = GenerateConfig(
+        split="test",
+        num_tasks=6,
+        concurrency=6,
+        max_steps=2,
+        output=tmp_path / "s.jsonl",
+        teacher={"kind": "student", "student": str(tmp_path / "tiny"), "max_new_tokens": 4},
+    )
+    report = generate(cfg, show_progress=False)
+    trajectories = list(read_trajectories(cfg.output))
+    assert report.written == 6 and all(t.status == "ok" for t in trajectories)
+    assert all(
+        t.provenance.kind == "student" and str(tmp_path) in (t.provenance.model or "")
+        for t in trajectories
+    )
+    assert all(t.usage.completion_tokens > 0 for t in trajectories)
