@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trajgym.agents.models import DEFAULT_STUDENT, load_student
 from trajgym.config import save_config
@@ -159,32 +160,43 @@ def train(config: SFTConfig) -> dict[str, Any]:
     losses: list[float] = state["losses"]
     step, tokens = state["step"], state["tokens"]
     pad = tokenizer.pad_token_id
-    for epoch in range(config.epochs * 100):  # max_steps may ask for more than `epochs`
-        if step >= total:
-            break
-        micro_losses: list[float] = []
-        for micro, batch in enumerate(batches(examples, config, epoch, pad, rank, world)):
+    progress = Progress(
+        TextColumn("[bold]sft"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        disable=not accelerator.is_main_process,
+    )
+    with progress:
+        bar = progress.add_task("steps", total=total, completed=step, loss="-")
+        for epoch in range(config.epochs * 100):  # max_steps may ask for more than `epochs`
             if step >= total:
                 break
-            seen = epoch * micro_per_epoch + micro
-            if seen < state["micro"]:
-                continue  # already trained on before the checkpoint
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            micro_losses.append(float(loss.detach()))
-            tokens += int(batch["attention_mask"].sum())
-            if accelerator.sync_gradients:
-                step += 1
-                losses.append(sum(micro_losses) / len(micro_losses))
-                micro_losses = []
-                state.update(step=step, tokens=tokens, losses=losses, micro=seen + 1)
-                if config.save_every and step % config.save_every == 0:
-                    _checkpoint(out, accelerator, state)
+            micro_losses: list[float] = []
+            for micro, batch in enumerate(batches(examples, config, epoch, pad, rank, world)):
+                if step >= total:
+                    break
+                seen = epoch * micro_per_epoch + micro
+                if seen < state["micro"]:
+                    continue  # already trained on before the checkpoint
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                micro_losses.append(float(loss.detach()))
+                tokens += int(batch["attention_mask"].sum())
+                if accelerator.sync_gradients:
+                    step += 1
+                    losses.append(sum(micro_losses) / len(micro_losses))
+                    micro_losses = []
+                    state.update(step=step, tokens=tokens, losses=losses, micro=seen + 1)
+                    progress.update(bar, completed=step, loss=f"{losses[-1]:.3f}")
+                    if config.save_every and step % config.save_every == 0:
+                        _checkpoint(out, accelerator, state)
     _checkpoint(out, accelerator, state)
     final = out / ("adapter" if config.lora else "model")
     accelerator.wait_for_everyone()
