@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -157,6 +158,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
     scheduler = get_scheduler(config.schedule, optimizer, int(config.warmup_ratio * total), total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = _resume(out, accelerator)
+    loop_started, tokens_before = time.perf_counter(), state["tokens"]
     losses: list[float] = state["losses"]
     step, tokens = state["step"], state["tokens"]
     pad = tokenizer.pad_token_id
@@ -197,6 +199,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
                     progress.update(bar, completed=step, loss=f"{losses[-1]:.3f}")
                     if config.save_every and step % config.save_every == 0:
                         _checkpoint(out, accelerator, state)
+    loop_s = time.perf_counter() - loop_started
     _checkpoint(out, accelerator, state)
     final = out / ("adapter" if config.lora else "model")
     accelerator.wait_for_everyone()
@@ -210,6 +213,8 @@ def train(config: SFTConfig) -> dict[str, Any]:
         "examples": len(examples),
         "losses": losses,
         "final": str(final),
+        "loop_s": round(loop_s, 3),
+        "tokens_per_s": round((tokens - tokens_before) / loop_s, 2) if loop_s else None,
     }
     if accelerator.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
