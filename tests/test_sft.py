@@ -64,6 +64,7 @@ def test_lora_sft_trains_the_adapter_and_it_reloads_with_peft(setup, tmp_path: P
 
     summary = train(config(setup, tmp_path / "run"))
     losses = summary["losses"]
+    assert summary["tokens_per_s"] > 0 and summary["tokens"] > 0
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
     assert (tmp_path / "run" / "config.yaml").exists()
