@@ -8,6 +8,7 @@ Runs on a CPU as is, and under ``accelerate launch`` on several GPUs or machines
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -172,7 +173,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
     )
     with progress:
         bar = progress.add_task("steps", total=total, completed=step, loss="-")
-        for epoch in range(config.epochs * 100):  # max_steps may ask for more than `epochs`
+        for epoch in itertools.count():  # max_steps may ask for more than `epochs`
             if step >= total:
                 break
             micro_losses: list[float] = []

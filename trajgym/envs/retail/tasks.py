@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -19,7 +18,8 @@ import yaml
 
 from trajgym.envs.retail.tools import RETAIL_TOOLKIT, RetailState
 from trajgym.envs.retail.world import Customer, Order, Split, World, make_world, random_address
-from trajgym.trajectories.schema import Action, FunctionCall, Intent, Task, ToolCall, UserGoal
+from trajgym.tools import ToolError
+from trajgym.trajectories.schema import Action, Intent, Task, UserGoal
 
 ENV_ID = "trajgym/Retail-v0"
 _REASONS = ("no longer needed", "ordered by mistake")
@@ -408,19 +408,14 @@ def _instruction(c: Customer, identity: dict[str, str], intents: list[Intent]) -
 
 
 def _gold_ok(world: World, task: Task) -> bool:
+    """Replay the gold actions as verification will (a refused one drops the task)."""
     state = RetailState(world)
-    for n, action in enumerate(task.gold_actions):
-        call = ToolCall(
-            id=f"gold_{n}",
-            function=FunctionCall(name=action.name, arguments=_json(action.arguments)),
-        )
-        if not RETAIL_TOOLKIT.call(state, call).ok:
-            return False
+    try:
+        for action in task.gold_actions:
+            RETAIL_TOOLKIT.tools[action.name](state, **action.arguments)
+    except ToolError:
+        return False
     return True
-
-
-def _json(arguments: Mapping[str, object]) -> str:
-    return json.dumps(arguments, separators=(",", ":"))
 
 
 @functools.cache
