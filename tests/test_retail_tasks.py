@@ -62,11 +62,12 @@ def test_no_entity_shared_between_splits() -> None:
     assert not train & test and not train & ood and not test & ood
 
 
+@pytest.mark.parametrize("env_id", ["trajgym/Retail-v0", "trajgym/RetailLite-v0"])
 @pytest.mark.parametrize("split", SPLITS)
-def test_expert_solves_every_task(split: str) -> None:
-    env = make("trajgym/Retail-v0", split=split)
+def test_expert_solves_every_task(env_id: str, split: str) -> None:
+    env = make(env_id, split=split)
     failures = Counter()
-    for i, task in enumerate(make_tasks(split)):
+    for i, task in enumerate(env.unwrapped.tasks(split)):
         t = rollout(env, ScriptedExpert(), seed=i, task_id=task.id)
         if not t.success:
             failures[task.family] += 1
@@ -145,3 +146,43 @@ def test_wrong_write_fails_state_check() -> None:
 
     t = rollout(env, WrongReason(), seed=0, task_id=task.id)
     assert t.verdict is not None and not t.verdict.state_match and t.reward == 0.0
+
+
+def test_lite_is_retail_cut_down() -> None:
+    """Lite shares Retail's customers and splits, holds out chained requests, and is short."""
+    lite = make("trajgym/RetailLite-v0", split="ood").unwrapped
+    families = {s: {t.family for t in lite.tasks(s)} for s in SPLITS}
+    assert (
+        families["train"]
+        == families["test"]
+        == {
+            "order_status",
+            "cancel_pending_order",
+            "transfer_to_human",
+        }
+    )
+    assert families["ood"] == families["train"] | {"multi_intent"}
+    assert all(t.env_id == "trajgym/RetailLite-v0" for t in lite.tasks("ood"))
+    assert len(lite.toolkit.tools) == 5 and len(lite.system_prompt) < 600
+    retail_users = {
+        t.goal.identity["first_name"] + t.goal.identity["zip"] for t in make_tasks("test")
+    }
+    lite_users = {
+        t.goal.identity["first_name"] + t.goal.identity["zip"] for t in lite.tasks("test")
+    }
+    assert lite_users <= retail_users  # same customers, same split
+    obs, info = lite.reset(seed=0)
+    result = lite.step(
+        Message(
+            role="assistant",
+            tool_calls=(
+                ToolCall(
+                    id="c",
+                    function=FunctionCall(
+                        name="get_order_details", arguments='{"order_id": "#W0"}'
+                    ),
+                ),
+            ),
+        )
+    )
+    assert result[0].messages[0].content.startswith("Error: Order '#W0' not found")

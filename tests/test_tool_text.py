@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from helpers import tiny_tokenizer
 
 from trajgym.agents.expert import ScriptedExpert
-from trajgym.agents.tool_text import chatml, parse_reply, to_text_messages
+from trajgym.agents.tool_text import chatml, parse_reply, to_text_messages, tools_prompt
 from trajgym.envs import make
+from trajgym.tools import tool
 from trajgym.trajectories.rollout import rollout
+from trajgym.trajectories.schema import Message
 
 
 def test_hermes_calls_with_text_around() -> None:
@@ -77,3 +80,34 @@ def test_template_renders_exactly_like_python() -> None:
     )
     assert rendered == expected
     assert "<tool_call>" in rendered and "<tool_response>" in rendered
+
+
+def test_tools_render_as_signatures_in_python_and_template() -> None:
+    @tool
+    def book(
+        state: object,
+        city: str,
+        nights: int,
+        kind: Literal["single", "double"],
+        guests: list[str],
+        extras: dict[str, int],
+        note: str | None = None,
+    ) -> str:
+        """Book a room."""
+        return "ok"
+
+    [line] = tools_prompt([book.schema]).splitlines()[-1:]
+    assert line.startswith(
+        'book(city: string, nights: integer, kind: "single" | "double", '
+        "guests: array of string, extras: {"
+    )
+    assert line.endswith(
+        ', note?: {"anyOf":[{"type":"string"},{"type":"null"}],"default":null}): Book a room.'
+    )
+    messages = [Message(role="system", content="P."), Message(role="user", content="hi")]
+    expected = chatml(to_text_messages(messages, [book.schema]))
+    tokenizer = tiny_tokenizer([expected])
+    rendered = tokenizer.apply_chat_template(
+        [m.to_openai() for m in messages], tools=[book.schema], tokenize=False
+    )
+    assert rendered == expected

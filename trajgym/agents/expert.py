@@ -8,7 +8,6 @@ facts the user must be told. Its words come from the domain's ``expert.yaml``.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import random
 import re
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from trajgym.agents.base import EpisodeContext
+from trajgym.envs import domain_package
 from trajgym.trajectories.schema import Action, FunctionCall, Intent, Message, Provenance, ToolCall
 
 _MY = re.compile(r"\bmy\b")
@@ -44,9 +44,9 @@ def _addressed(slots: dict[str, str]) -> dict[str, str]:
 
 @functools.cache
 def _phrasebook(env_id: str) -> dict[str, Any]:
-    domain = env_id.split("/")[-1].split("-")[0].lower()
-    package = importlib.import_module(f"trajgym.envs.{domain}").__name__
-    return yaml.safe_load(resources.files(package).joinpath("expert.yaml").read_text())
+    return yaml.safe_load(
+        resources.files(domain_package(env_id)).joinpath("expert.yaml").read_text()
+    )
 
 
 class ScriptedExpert:

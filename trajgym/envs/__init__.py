@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Any
 
 import gymnasium
@@ -15,11 +16,23 @@ gymnasium.register(
     entry_point="trajgym.envs.retail:RetailEnv",
     max_episode_steps=60,
 )
+gymnasium.register(
+    id="trajgym/RetailLite-v0",
+    entry_point="trajgym.envs.retail.lite:RetailLiteEnv",
+    max_episode_steps=30,
+)
 
 
 def env_ids() -> list[str]:
     """Every registered trajgym environment id."""
     return sorted(i for i in gymnasium.registry if i.startswith("trajgym/"))
+
+
+def domain_package(env_id: str) -> str:
+    """The package that holds an environment's data files (policy, phrasings, expert words)."""
+    entry_point = str(gymnasium.spec(env_id).entry_point)
+    module = importlib.import_module(entry_point.split(":")[0])
+    return module.__package__ or module.__name__
 
 
 def make(env_id: str, **kwargs: Any) -> gymnasium.Env[Any, Any]:

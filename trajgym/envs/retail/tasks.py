@@ -316,11 +316,24 @@ OOD_FAMILIES = ("modify_order_payment", "multi_intent_3")
 FAMILIES = (*[f for f in _SINGLE if f not in OOD_FAMILIES], "multi_intent", *OOD_FAMILIES)
 
 
-def _multi(d: _Draw, n: int) -> list[Intent] | None:
+@dataclass(frozen=True)
+class Suite:
+    """Which families a Retail-world environment draws its tasks from."""
+
+    env_id: str
+    families: tuple[str, ...]  # in-distribution: train and test
+    ood_families: tuple[str, ...]  # held out for the ood split (which also gets the rest)
+    combinable: tuple[str, ...]  # what multi-intent tasks chain
+
+
+RETAIL_SUITE = Suite(ENV_ID, FAMILIES[: -len(OOD_FAMILIES)], OOD_FAMILIES, _COMBINABLE)
+
+
+def _multi(d: _Draw, n: int, combinable: tuple[str, ...]) -> list[Intent] | None:
     """Chain ``n`` intents of different families on different orders."""
     intents: list[Intent] = []
     used_orders: set[str] = set()
-    for family in d.rng.sample(_COMBINABLE, k=len(_COMBINABLE)):
+    for family in d.rng.sample(combinable, k=len(combinable)):
         intent = _SINGLE[family][0](d)
         if intent is None or intent.slots.get("order_id") in used_orders:
             continue
@@ -335,9 +348,9 @@ def _multi(d: _Draw, n: int) -> list[Intent] | None:
     return None
 
 
-def _build(d: _Draw, family: str, split: Split, index: int) -> Task | None:
+def _build(d: _Draw, suite: Suite, family: str, split: Split, index: int) -> Task | None:
     if family.startswith("multi_intent"):
-        intents = _multi(d, 3 if family.endswith("_3") else 2)
+        intents = _multi(d, 3 if family.endswith("_3") else 2, suite.combinable)
         difficulty = 6 if family.endswith("_3") else 5
     else:
         builder, difficulty = _SINGLE[family]
@@ -378,7 +391,7 @@ def _build(d: _Draw, family: str, split: Split, index: int) -> Task | None:
     )
     return Task(
         id=f"{split}-{family}-{index:05d}",
-        env_id=ENV_ID,
+        env_id=suite.env_id,
         split=split,
         family=family,
         difficulty=difficulty,
@@ -419,11 +432,11 @@ def _gold_ok(world: World, task: Task) -> bool:
 
 
 @functools.cache
-def make_tasks(split: Split, world_seed: int = 0) -> tuple[Task, ...]:
+def make_tasks(split: Split, world_seed: int = 0, suite: Suite = RETAIL_SUITE) -> tuple[Task, ...]:
     """All tasks of a split, deterministic for the world (ids are stable within a version)."""
     world = make_world(world_seed)
     phrasing = "B" if split == "ood" else "A"
-    families = FAMILIES if split == "ood" else [f for f in FAMILIES if f not in OOD_FAMILIES]
+    families = suite.families + (suite.ood_families if split == "ood" else ())
     customers = sorted(u for u, c in world.customers.items() if c.split == split)
     tasks: list[Task] = []
     seen: set[str] = set()
@@ -437,7 +450,7 @@ def make_tasks(split: Split, world_seed: int = 0) -> tuple[Task, ...]:
                     16,
                 )
                 d = _Draw(world, world.customers[user_id], random.Random(seed), phrasing)
-                task = _build(d, family, split, len(tasks))
+                task = _build(d, suite, family, split, len(tasks))
                 if task is None:
                     continue
                 fingerprint = task.goal.model_dump_json() + str(task.auth_actions)
