@@ -130,7 +130,7 @@ def test_text_mode_puts_tools_in_prompt_and_parses_calls() -> None:
         agent = LLMAgent(config(server), tool_mode="text")
         env, message = first_turn(agent)
         sent = server.requests[0]
-    assert "tools" not in sent and "<tools>" in sent["messages"][0]["content"]
+    assert "tools" not in sent and "list_product_types()" in sent["messages"][0]["content"]
     assert (
         message.content == "Sure." and message.tool_calls[0].function.name == "list_product_types"
     )

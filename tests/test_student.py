@@ -21,17 +21,32 @@ def corpus() -> list[str]:
 
 
 class ScriptedLM:
-    """Stands in for a causal LM: 'generates' a fixed reply after the prompt."""
+    """Stands in for a causal LM: 'generates' a fixed reply after whatever prompt it gets."""
 
     device = torch.device("cpu")
 
     def __init__(self, tokenizer, reply: str) -> None:
-        self.reply = tokenizer(reply, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        self.prompts: list[torch.Tensor] = []
+        self.reply = tokenizer(reply, add_special_tokens=False)["input_ids"]
+        self.vocab = len(tokenizer)
+        self.prompts: list[torch.Tensor] = []  # the tokens run at the start of each reply
+        self.step = 0
 
-    def generate(self, input_ids, **kwargs):
-        self.prompts.append(input_ids)
-        return torch.cat([input_ids, self.reply.expand(len(input_ids), -1)], dim=1)
+    def forward(self, input_ids, attention_mask, position_ids, use_cache, logits_to_keep, cache):
+        from types import SimpleNamespace
+
+        from transformers import DynamicCache
+
+        if cache is None or input_ids.shape[1] > 1:
+            self.prompts.append(input_ids)
+            self.step = 0
+        else:
+            self.step += 1
+        logits = torch.zeros((len(input_ids), 1, self.vocab))
+        logits[:, -1, self.reply[min(self.step, len(self.reply) - 1)]] = 1.0
+        kv = torch.zeros((len(input_ids), 1, attention_mask.shape[1], 1))
+        return SimpleNamespace(logits=logits, cache=DynamicCache(ddp_cache_data=[(kv, kv)]))
+
+    __call__ = forward
 
 
 def test_student_tool_call_is_parsed_and_executed() -> None:
@@ -42,7 +57,7 @@ def test_student_tool_call_is_parsed_and_executed() -> None:
     env = make("trajgym/Retail-v0", split="test", max_episode_steps=2)
     t = rollout(env, StudentAgent(lm, tok), seed=0)
     prompt = tok.decode(lm.prompts[0][0])
-    assert prompt.startswith("<|im_start|>system\n") and "<tools>" in prompt
+    assert prompt.startswith("<|im_start|>system\n") and "list_product_types()" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
     assert t.messages[2].tool_calls[0].function.name == "list_product_types"
     assert "T-Shirt" in t.messages[3].content and t.termination == "truncated"
@@ -127,3 +142,27 @@ def test_generation_with_a_student_on_disk(tmp_path) -> None:
         for t in trajectories
     )
     assert all(t.usage.completion_tokens > 0 for t in trajectories)
+
+
+def test_session_cache_carries_over_turns_and_matches_a_full_prefill() -> None:
+    """Greedy replies with the cache reused equal replies computed from scratch."""
+    from trajgym.agents.batching import generate_batch
+    from trajgym.agents.kv_sessions import SessionGenerator
+
+    tok = tiny_tokenizer(corpus())
+    model = tiny_model(tok).eval()
+    sessions = SessionGenerator(model, tok, max_sessions=2)
+    talks = {f"s{n}": f"<|im_start|>user\n{'please ' * n}help<|im_end|>\n" for n in range(1, 4)}
+    for turn in range(3):
+        keys = list(talks)[turn % 2 :]  # the batch changes from turn to turn
+        prompts = [talks[k] + "<|im_start|>assistant\n" for k in keys]
+        fresh = generate_batch(model, tok, prompts, max_new_tokens=5)
+        cached = sessions.generate(list(zip(keys, prompts, strict=True)), max_new_tokens=5)
+        assert [g.text for g in cached] == [g.text for g in fresh]
+        assert [g.completion_tokens for g in cached] == [g.completion_tokens for g in fresh]
+        for k, g in zip(keys, cached, strict=True):
+            talks[k] += (
+                f"<|im_start|>assistant\n{g.text}<|im_end|>\n<|im_start|>user\nmore<|im_end|>\n"
+            )
+    assert sessions.reused_tokens > 0  # later turns start from their cache
+    assert len(sessions.sessions) == 2  # least recently used dropped

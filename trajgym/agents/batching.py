@@ -2,12 +2,14 @@
 
 Episodes run in their own threads and each asks for one reply at a time; a single worker
 thread gathers the prompts waiting at that moment (up to ``max_batch``), generates them in
-one left-padded batch, and hands each episode its reply. On a CPU or a GPU, one batch of 8
-costs far less than 8 generations one after another.
+one batch, and hands each episode its reply. On a CPU or a GPU, one batch of 8 costs far
+less than 8 generations one after another. Each episode names its session, so that its KV
+cache carries over from one turn to the next (see ``kv_sessions``).
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from concurrent.futures import Future
@@ -81,15 +83,23 @@ class Batcher:
         self.max_batch = max_batch
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.batches: list[int] = []  # sizes, for inspection
-        self._queue: queue.Queue[tuple[str, Future[Generated]]] = queue.Queue()
+        from trajgym.agents.kv_sessions import SessionGenerator
+
+        self.sessions = SessionGenerator(model, tokenizer, max_sessions=4 * max_batch)
+        self._ephemeral = itertools.count()
+        self._queue: queue.Queue[tuple[str | None, str, Future[Generated]]] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="trajgym-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, prompt: str) -> Generated:
-        """Generate one reply (blocks until its batch is done)."""
+    def submit(self, prompt: str, session: str | None = None) -> Generated:
+        """Generate one reply (blocks until its batch is done); ``session`` keeps the cache."""
         future: Future[Generated] = Future()
-        self._queue.put((prompt, future))
+        self._queue.put((session, prompt, future))
         return future.result()
+
+    def forget(self, session: str) -> None:
+        """Drop a finished session's cache (a later call for it starts afresh)."""
+        self.sessions.forget(session)  # a dict pop: atomic under the GIL
 
     def _serve(self) -> None:
         while True:
@@ -100,18 +110,21 @@ class Batcher:
                 except queue.Empty:
                     break
             self.batches.append(len(pending))
+            keys = [s if s is not None else f"~{next(self._ephemeral)}" for s, _, _ in pending]
             try:
-                results = generate_batch(
-                    self.model,
-                    self.tokenizer,
-                    [p for p, _ in pending],
+                results = self.sessions.generate(
+                    [(k, p) for k, (_, p, _) in zip(keys, pending, strict=True)],
                     self.max_new_tokens,
                     self.temperature,
                     self.top_p,
                 )
             except BaseException as e:  # hand the failure to every waiting episode
-                for _, future in pending:
+                for _, _, future in pending:
                     future.set_exception(e)
                 continue
-            for (_, future), result in zip(pending, results, strict=True):
+            finally:
+                for key in keys:
+                    if key.startswith("~"):
+                        self.sessions.forget(key)
+            for (_, _, future), result in zip(pending, results, strict=True):
                 future.set_result(result)

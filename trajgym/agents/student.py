@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajgym.agents.base import EpisodeContext
-from trajgym.agents.batching import Batcher, generate_batch
+from trajgym.agents.batching import Batcher
+from trajgym.agents.kv_sessions import SessionGenerator
 from trajgym.agents.tool_text import parse_reply
 from trajgym.trajectories.schema import Message, Provenance, Usage
 
@@ -53,6 +54,9 @@ class StudentAgent:
         self._tools: list[dict[str, Any]] = []
         self._seed = 0
         self._turn = 0
+        self._episodes = 0
+        self._session = ""
+        self._own = None if batcher is not None else SessionGenerator(model, tokenizer, 1)
 
     @property
     def provenance(self) -> Provenance:
@@ -71,6 +75,13 @@ class StudentAgent:
         self._seed = self.config.seed if self.config.seed is not None else context.seed
         self.usage = Usage()
         self._turn = 0
+        self._forget()
+        self._episodes += 1
+        self._session = f"{id(self)}-{self._episodes}"
+
+    def _forget(self) -> None:
+        if self._session:
+            (self.batcher or self._own).forget(self._session)  # type: ignore[union-attr]
 
     def act(self, messages: Sequence[Message]) -> Message:
         """Generate the next assistant message and parse any tool calls in it."""
@@ -84,12 +95,14 @@ class StudentAgent:
             tokenize=False,
         )
         if self.batcher is not None:
-            reply = self.batcher.submit(prompt)
+            reply = self.batcher.submit(prompt, self._session)
         else:
+            assert self._own is not None
             c = self.config
-            torch.manual_seed(self._seed * 1000 + self._turn)
-            [reply] = generate_batch(
-                self.model, self.tokenizer, [prompt], c.max_new_tokens, c.temperature, c.top_p
+            rng = torch.Generator(device=self.model.device)
+            rng.manual_seed(self._seed * 1000 + self._turn)
+            [reply] = self._own.generate(
+                [(self._session, prompt)], c.max_new_tokens, c.temperature, c.top_p, rng
             )
         self.usage = self.usage + Usage(
             prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens

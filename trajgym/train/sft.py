@@ -185,7 +185,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
                     continue  # already trained on before the checkpoint
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    loss = assistant_loss(model, batch)
                     accelerator.backward(loss)
                     optimizer.step()
                     scheduler.step()
@@ -220,6 +220,26 @@ def train(config: SFTConfig) -> dict[str, Any]:
     if accelerator.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def assistant_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Mean next-token loss over the labelled (assistant) tokens.
+
+    The vocabulary projection runs only at the positions that predict a labelled token:
+    system, user and tool tokens never carry loss, so their logits are never computed.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    targets = batch["labels"][:, 1:]
+    keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    keep[:, :-1] = targets != IGNORE_INDEX
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=keep,
+    ).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[keep[:, :-1]])
 
 
 # Checkpoints and outputs --------------------------------------------------------------------

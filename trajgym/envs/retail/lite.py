@@ -96,4 +96,4 @@ class RetailLiteEnv(RetailEnv):
 
     def tasks(self, split: str) -> Sequence[Task]:
         """Every task of ``split`` for this world."""
-        return make_tasks(split, self.world_seed, LITE_SUITE)  # type: ignore[arg-type]
+        return make_tasks(split, self.world_seed, LITE_SUITE)  # split checked by ToolEnv
