@@ -245,6 +245,43 @@ def evaluate(
     console.print(families)
 
 
+@app.command("run")
+def run_pipeline(
+    config: Annotated[str, typer.Argument(help="YAML config (PipelineConfig).")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: a.b=value.")
+    ] = None,
+    smoke: Annotated[
+        bool, typer.Option(help="The config's small size (its `smoke` overrides), for CI.")
+    ] = False,
+) -> None:
+    """The main job: harvest with the teacher, SFT the student, evaluate base vs trained.
+
+    Writes trajectories, the adapter, report.md / report.json and success.png under the
+    config's output_dir; re-running resumes.
+    """
+    from trajgym.config import load_config
+    from trajgym.pipeline import PipelineConfig, run
+
+    cfg = load_config(PipelineConfig, config, set_ or [])
+    if smoke:
+        cfg = load_config(PipelineConfig, config, [*cfg.smoke, *(set_ or [])])
+    report = run(cfg)
+    table = Table("agent", "split", "tasks", "success", "95% CI", title=f"{cfg.env}")
+    for agent, by_split in report["results"].items():
+        for split, m in by_split.items():
+            low, high = m["success_ci95"]
+            table.add_row(
+                agent,
+                split,
+                str(m["tasks"]),
+                f"{m['success_rate']:.1%}",
+                f"[{low:.1%}, {high:.1%}]",
+            )
+    console.print(table)
+    console.print(f"Report: {cfg.output_dir / 'report.md'}")
+
+
 train_app = typer.Typer(help="Train students on trajectories.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 

