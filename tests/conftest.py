@@ -25,6 +25,6 @@ def small_state(small_world: World) -> RetailState:
 
 @pytest.fixture
 def retail_test_env():
-    env = make("trajgym/Retail-v0", split="test")
+    env = make("trajgym/Retail-v1", split="test")
     yield env
     env.close()

@@ -17,7 +17,7 @@ runner = CliRunner()
 def test_envs_lists_retail_with_counts() -> None:
     result = runner.invoke(app, ["envs"])
     assert result.exit_code == 0, result.output
-    assert "trajgym/Retail-v0" in result.output
+    assert "trajgym/Retail-v1" in result.output
     assert "1542" in result.output  # test tasks
 
 
@@ -26,7 +26,7 @@ def test_tasks_lists_a_family() -> None:
         app,
         [
             "tasks",
-            "trajgym/Retail-v0",
+            "trajgym/Retail-v1",
             "--split",
             "ood",
             "--family",
@@ -41,14 +41,14 @@ def test_tasks_lists_a_family() -> None:
 
 
 def test_rollout_prints_conversation_and_verdict() -> None:
-    result = runner.invoke(app, ["rollout", "trajgym/Retail-v0", "--seed", "4"])
+    result = runner.invoke(app, ["rollout", "trajgym/Retail-v1", "--seed", "4"])
     assert result.exit_code == 0, result.output
     assert "assistant" in result.output and "success" in result.output
 
 
 def test_rollout_many_writes_jsonl(tmp_path) -> None:
     out = tmp_path / "new_dir" / "t.jsonl"
-    result = runner.invoke(app, ["rollout", "trajgym/Retail-v0", "--n", "20", "-o", str(out)])
+    result = runner.invoke(app, ["rollout", "trajgym/Retail-v1", "--n", "20", "-o", str(out)])
     assert result.exit_code == 0, result.output
     lines = out.read_text().splitlines()
     assert len(lines) == 20
@@ -63,11 +63,11 @@ def test_bad_env_id_is_a_clear_error_with_exit_2() -> None:
         text=True,
     )
     assert proc.returncode == 2
-    assert "Did you mean 'trajgym/Retail-v0'" in proc.stdout
+    assert "Did you mean 'trajgym/Retail-v1'" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_unknown_agent_is_refused() -> None:
-    result = runner.invoke(app, ["rollout", "trajgym/Retail-v0", "--agent", "wizard"])
+    result = runner.invoke(app, ["rollout", "trajgym/Retail-v1", "--agent", "wizard"])
     assert result.exit_code != 0
     assert "Unknown agent 'wizard'" in str(result.exception) + result.output

@@ -57,12 +57,12 @@ def test_reset_options_pick_task_and_persona(retail_test_env) -> None:
 
 
 def test_user_mistakes_get_errors_that_say_what_to_do() -> None:
-    with pytest.raises(UnknownEnvironmentError, match="Did you mean 'trajgym/Retail-v0'"):
+    with pytest.raises(UnknownEnvironmentError, match="Did you mean 'trajgym/Retail-v1'"):
         make("Retial-v0")
     with pytest.raises(ConfigError, match="Choose one of: train, test, ood"):
-        make("trajgym/Retail-v0", split="validation")
+        make("trajgym/Retail-v1", split="validation")
     with pytest.raises(ConfigError, match="Known personas"):
-        make("trajgym/Retail-v0", persona="grumpy")
+        make("trajgym/Retail-v1", persona="grumpy")
 
 
 def test_step_text_goes_to_user_and_tool_calls_to_tools(retail_test_env) -> None:
@@ -78,7 +78,7 @@ def test_step_text_goes_to_user_and_tool_calls_to_tools(retail_test_env) -> None
 
 
 def test_truncation_after_max_steps() -> None:
-    env = make("trajgym/Retail-v0", split="test", max_episode_steps=3)
+    env = make("trajgym/Retail-v1", split="test", max_episode_steps=3)
     env.reset(seed=0)
     call = {"id": "c", "function": {"name": "list_product_types", "arguments": "{}"}}
     results = [env.step(Message(role="assistant", tool_calls=[call])) for _ in range(3)]

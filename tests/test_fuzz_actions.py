@@ -21,7 +21,7 @@ STRING_PARAMS = {
     ]
     for n, t in TOOLS.items()
 }
-ENV = make("trajgym/Retail-v0", split="test").unwrapped
+ENV = make("trajgym/Retail-v1", split="test").unwrapped
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -86,14 +86,14 @@ def test_key_is_sent_but_never_recorded(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("TRAJGYM_TEST_KEY", secret)
     with FakeOpenAIServer(reply("Could you give me your email address?")) as server:
         cfg = config(server, api_key_env="TRAJGYM_TEST_KEY")
-        t = rollout(make("trajgym/Retail-v0", split="test"), LLMAgent(cfg), seed=0)
+        t = rollout(make("trajgym/Retail-v1", split="test"), LLMAgent(cfg), seed=0)
     assert server.authorizations == {f"Bearer {secret}"}
     assert secret not in t.model_dump_json() and secret not in json.dumps(cfg.model_dump())
 
 
 def first_turn(agent: LLMAgent):
     """Start an episode and let ``agent`` answer a first 'hi'."""
-    env = make("trajgym/Retail-v0", split="test")
+    env = make("trajgym/Retail-v1", split="test")
     _, info = env.reset(seed=0)
     agent.reset(
         EpisodeContext(task=info["task"], system_prompt="p", tools=tuple(info["tools"]), seed=0)

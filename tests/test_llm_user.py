@@ -25,7 +25,7 @@ def replies(*texts: str):
 def user_for(
     server: FakeOpenAIServer, stats: SimulatorStats, family: str = "cancel_pending_order"
 ) -> LLMUser:
-    env = make("trajgym/Retail-v0", split="test").unwrapped
+    env = make("trajgym/Retail-v1", split="test").unwrapped
     task = next(t for t in env.tasks("test") if t.family == family)
     client = LLMClient(LLMConfig(model="openai/fake", api_base=server.base_url))
     return LLMUser(client, task, get_persona("confused"), seed=0, stats=stats)
@@ -80,7 +80,7 @@ def test_a_user_that_keeps_failing_makes_the_episode_an_error() -> None:
         def factory(task, persona, seed):
             return LLMUser(client, task, persona, seed, stats=stats)
 
-        t = rollout(make("trajgym/Retail-v0", split="test", user=factory), ScriptedExpert(), seed=1)
+        t = rollout(make("trajgym/Retail-v1", split="test", user=factory), ScriptedExpert(), seed=1)
     assert t.status == "error" and t.reward is None and t.error.startswith("user: ")
     assert stats.failed_users == 2
 
@@ -93,7 +93,7 @@ def test_whole_episode_with_an_llm_user() -> None:
         def factory(task, persona, seed):
             return LLMUser(client, task, persona, seed, stats=stats)
 
-        env = make("trajgym/Retail-v0", split="test", user=factory)
+        env = make("trajgym/Retail-v1", split="test", user=factory)
         task = next(
             t
             for t in env.unwrapped.tasks("test")

@@ -82,7 +82,7 @@ def base_tokenizer():
 
 @pytest.fixture(scope="module")
 def conversation():
-    t = rollout(make("trajgym/Retail-v0", split="test"), ScriptedExpert(), seed=3)
+    t = rollout(make("trajgym/Retail-v1", split="test"), ScriptedExpert(), seed=3)
     assert any(m.tool_calls for m in t.messages) and t.success
     return [m.to_openai() for m in t.messages], list(t.tools)
 

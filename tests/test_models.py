@@ -30,3 +30,7 @@ def test_gguf_is_cached_as_safetensors_with_identical_logits(tmp_path: Path, mon
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reference(ids).logits)
     assert default_student_path() == path  # cached: no second conversion
+    # A plain fp32 model: saving it works (a GGUF-flagged one refuses) and nothing re-quantizes.
+    assert getattr(model.config, "quantization_config", None) is None
+    model.save_pretrained(tmp_path / "resaved")
+    assert (tmp_path / "resaved" / "model.safetensors").exists()

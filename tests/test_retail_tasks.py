@@ -62,7 +62,7 @@ def test_no_entity_shared_between_splits() -> None:
     assert not train & test and not train & ood and not test & ood
 
 
-@pytest.mark.parametrize("env_id", ["trajgym/Retail-v0", "trajgym/RetailLite-v0"])
+@pytest.mark.parametrize("env_id", ["trajgym/Retail-v1", "trajgym/RetailLite-v0"])
 @pytest.mark.parametrize("split", SPLITS)
 def test_expert_solves_every_task(env_id: str, split: str) -> None:
     env = make(env_id, split=split)
@@ -76,7 +76,7 @@ def test_expert_solves_every_task(env_id: str, split: str) -> None:
 
 @pytest.mark.parametrize("agent", [DoNothingAgent, RandomToolAgent])
 def test_floor_agents_score_zero_on_200_test_tasks(agent: type) -> None:
-    env = make("trajgym/Retail-v0", split="test")
+    env = make("trajgym/Retail-v1", split="test")
     rewards = [
         rollout(env, agent(), seed=i, task_id=t.id).reward
         for i, t in enumerate(make_tasks("test")[:200])
@@ -95,7 +95,7 @@ class SkipsConfirmation(ScriptedExpert):
 
 
 def test_write_without_confirmation_is_a_violation() -> None:
-    env = make("trajgym/Retail-v0", split="test")
+    env = make("trajgym/Retail-v1", split="test")
     task = next(t for t in make_tasks("test") if t.family == "cancel_pending_order")
     t = rollout(env, SkipsConfirmation(), seed=0, task_id=task.id)
     assert t.verdict is not None and t.verdict.state_match
@@ -112,7 +112,7 @@ def test_untold_outputs_fail_even_with_the_right_state() -> None:
                 )
             return message
 
-    env = make("trajgym/Retail-v0", split="test")
+    env = make("trajgym/Retail-v1", split="test")
     task = next(t for t in make_tasks("test") if t.family == "cancel_pending_order")
     t = rollout(env, Mute(), seed=0, task_id=task.id)
     assert t.verdict is not None and t.verdict.state_match and not all(t.verdict.outputs.values())
@@ -120,7 +120,7 @@ def test_untold_outputs_fail_even_with_the_right_state() -> None:
 
 
 def test_wrong_write_fails_state_check() -> None:
-    env = make("trajgym/Retail-v0", split="test")
+    env = make("trajgym/Retail-v1", split="test")
     task = next(t for t in make_tasks("test") if t.family == "cancel_pending_order")
     wrong_reason = {
         "no longer needed": "ordered by mistake",
@@ -186,3 +186,25 @@ def test_lite_is_retail_cut_down() -> None:
         )
     )
     assert result[0].messages[0].content.startswith("Error: Order '#W0' not found")
+
+
+def test_a_fact_counts_only_after_the_tools_showed_it() -> None:
+    from trajgym.envs.verify import outputs_told
+
+    def say(role: str, text: str) -> Message:
+        extra = {"tool_call_id": "c", "name": "t"} if role == "tool" else {}
+        return Message(role=role, content=text, **extra)
+
+    guess = [say("assistant", "Order #W1 is pending, refund 12.50."), say("tool", '{"total": 99}')]
+    assert outputs_told(["pending", "12.5"], guess) == {"pending": False, "12.5": False}
+    failed_lookup = [say("tool", "Error: Order 'pending' not found."), say("assistant", "pending")]
+    assert outputs_told(["pending"], failed_lookup) == {"pending": False}
+    looked_up = [
+        say("tool", '{"status": "Pending", "total": 10.0}'),
+        say("assistant", "It is pending; $12.5 back (the sum of two items)."),
+    ]
+    assert outputs_told(["pending", "12.50", "shipped"], looked_up) == {
+        "pending": True,
+        "12.50": True,
+        "shipped": False,
+    }

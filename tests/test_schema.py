@@ -12,10 +12,10 @@ from trajgym.trajectories.schema import Message, Trajectory, Usage
 
 
 def test_trajectory_round_trips_and_is_openai_shaped() -> None:
-    t = rollout(make("trajgym/Retail-v0", split="test"), ScriptedExpert(), seed=2)
+    t = rollout(make("trajgym/Retail-v1", split="test"), ScriptedExpert(), seed=2)
     again = Trajectory.model_validate_json(t.model_dump_json())
     assert again == t
-    assert t.key == ("trajgym/Retail-v0", t.task_id, 0)
+    assert t.key == ("trajgym/Retail-v1", t.task_id, 0)
     assert t.messages[0].role == "system"
     calls = [m for m in t.messages if m.tool_calls]
     answers = {m.tool_call_id for m in t.messages if m.role == "tool"}
@@ -47,6 +47,6 @@ def test_agent_failure_is_an_error_not_a_zero_reward() -> None:
                 raise ConnectionError("provider unreachable")
             return super().act(messages)
 
-    t = rollout(make("trajgym/Retail-v0", split="test"), Broken(), seed=0)
+    t = rollout(make("trajgym/Retail-v1", split="test"), Broken(), seed=0)
     assert t.status == "error" and t.reward is None and t.termination == "error"
     assert "provider unreachable" in (t.error or "")

@@ -143,3 +143,26 @@ def test_runs_under_accelerate_launch_with_two_cpu_processes(setup, tmp_path: Pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "ddp" / "adapter" / "adapter_config.json").exists()
     assert "trained 2 steps" in proc.stdout
+
+
+def test_assistant_loss_equals_the_full_logits_loss() -> None:
+    """Projecting only the labelled positions gives the model's own loss, and its gradients."""
+    from trajgym.train.sft import assistant_loss
+
+    tokenizer = tiny_tokenizer(["hello world, how are you today"])
+    model = tiny_model(tokenizer)
+    ids = torch.randint(5, len(tokenizer), (3, 20))
+    labels = torch.full_like(ids, -100)
+    labels[0, 5:12], labels[1, 14:], labels[2, 2:4] = ids[0, 5:12], ids[1, 14:], ids[2, 2:4]
+    attention = torch.ones_like(ids)
+    attention[2, 10:] = 0
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": attention}
+    reference = model(**batch).loss
+    reference.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ours = assistant_loss(model, batch)
+    ours.backward()
+    assert torch.allclose(ours, reference, atol=1e-6)
+    for p, g in zip(model.parameters(), expected, strict=True):
+        assert torch.allclose(p.grad, g, atol=1e-6)

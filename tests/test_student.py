@@ -13,7 +13,7 @@ from trajgym.trajectories.rollout import rollout
 
 
 def corpus() -> list[str]:
-    env = make("trajgym/Retail-v0", split="train")
+    env = make("trajgym/Retail-v1", split="train")
     return [
         chatml(to_text_messages(t.messages, t.tools))
         for t in (rollout(env, ScriptedExpert(), seed=s) for s in range(3))
@@ -54,7 +54,7 @@ def test_student_tool_call_is_parsed_and_executed() -> None:
     lm = ScriptedLM(
         tok, '<tool_call>{"name": "list_product_types", "arguments": {}}</tool_call><|im_end|>'
     )
-    env = make("trajgym/Retail-v0", split="test", max_episode_steps=2)
+    env = make("trajgym/Retail-v1", split="test", max_episode_steps=2)
     t = rollout(env, StudentAgent(lm, tok), seed=0)
     prompt = tok.decode(lm.prompts[0][0])
     assert prompt.startswith("<|im_start|>system\n") and "list_product_types()" in prompt
@@ -69,7 +69,7 @@ def test_garbled_calls_are_recorded_and_answered_with_errors() -> None:
     lm = ScriptedLM(
         tok, '<tool_call>{"name": "get_order_details", "arguments": {"order_id": </tool_call>'
     )
-    env = make("trajgym/Retail-v0", split="test", max_episode_steps=1)
+    env = make("trajgym/Retail-v1", split="test", max_episode_steps=1)
     t = rollout(env, StudentAgent(lm, tok), seed=0)
     assert t.messages[2].tool_calls[0].function.name == "get_order_details"
     assert t.messages[3].content.startswith(
@@ -81,7 +81,7 @@ def test_a_real_tiny_model_plays_whole_episodes() -> None:
 
     tok = tiny_tokenizer(corpus())
     model = tiny_model(tok, layers=1).eval()
-    env = make("trajgym/Retail-v0", split="test", max_episode_steps=3)
+    env = make("trajgym/Retail-v1", split="test", max_episode_steps=3)
     agent = StudentAgent(model, tok, StudentConfig(max_new_tokens=8, temperature=1.0))
     first = rollout(env, agent, seed=4)
     again = rollout(env, agent, seed=4)
@@ -108,7 +108,7 @@ def test_batched_generation_matches_one_by_one_and_batches_episodes() -> None:
     batcher = Batcher(model, tok, max_batch=8, max_new_tokens=4)
     env_agents = [
         (
-            make("trajgym/Retail-v0", split="test", max_episode_steps=2),
+            make("trajgym/Retail-v1", split="test", max_episode_steps=2),
             StudentAgent(model, tok, batcher=batcher),
         )
         for _ in range(8)
@@ -166,3 +166,14 @@ def test_session_cache_carries_over_turns_and_matches_a_full_prefill() -> None:
             )
     assert sessions.reused_tokens > 0  # later turns start from their cache
     assert len(sessions.sessions) == 2  # least recently used dropped
+
+
+def test_batcher_close_stops_its_thread_and_drops_caches() -> None:
+    from trajgym.agents.batching import Batcher
+
+    tok = tiny_tokenizer(corpus())
+    batcher = Batcher(tiny_model(tok).eval(), tok, max_batch=2, max_new_tokens=3)
+    batcher.submit("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "s")
+    assert "s" in batcher.sessions.sessions
+    batcher.close()
+    assert not batcher._thread.is_alive() and not batcher.sessions.sessions

@@ -58,7 +58,7 @@ def test_plain_text_is_just_text() -> None:
 
 
 def test_invalid_call_gets_an_env_error_not_a_repair() -> None:
-    env = make("trajgym/Retail-v0", split="test")
+    env = make("trajgym/Retail-v1", split="test")
     env.reset(seed=0)
     m = parse_reply(
         '<tool_call>{"name": "get_order_details", "arguments": {"order_id": }</tool_call>'
@@ -70,7 +70,7 @@ def test_invalid_call_gets_an_env_error_not_a_repair() -> None:
 
 
 def test_template_renders_exactly_like_python() -> None:
-    t = rollout(make("trajgym/Retail-v0", split="test"), ScriptedExpert(), seed=5)
+    t = rollout(make("trajgym/Retail-v1", split="test"), ScriptedExpert(), seed=5)
     conversation = to_text_messages(t.messages, t.tools)
     expected = chatml(conversation, add_generation_prompt=True)
     tokenizer = tiny_tokenizer([expected])

@@ -45,7 +45,7 @@ def envs() -> None:
 
 @app.command()
 def tasks(
-    env_id: Annotated[str, typer.Argument(help="Environment id, e.g. trajgym/Retail-v0.")],
+    env_id: Annotated[str, typer.Argument(help="Environment id, e.g. trajgym/Retail-v1.")],
     split: Annotated[str, typer.Option(help="train, test or ood.")] = "train",
     family: Annotated[str | None, typer.Option(help="Only this task family.")] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many tasks.")] = 20,
@@ -68,7 +68,7 @@ def tasks(
 
 @app.command()
 def rollout(
-    env_id: Annotated[str, typer.Argument(help="Environment id, e.g. trajgym/Retail-v0.")],
+    env_id: Annotated[str, typer.Argument(help="Environment id, e.g. trajgym/Retail-v1.")],
     agent: Annotated[str, typer.Option(help=f"One of: {', '.join(AGENTS)}.")] = "expert",
     task: Annotated[
         str | None, typer.Option(help="Task id (default: drawn from the seed).")

@@ -87,7 +87,7 @@ class Batcher:
 
         self.sessions = SessionGenerator(model, tokenizer, max_sessions=4 * max_batch)
         self._ephemeral = itertools.count()
-        self._queue: queue.Queue[tuple[str | None, str, Future[Generated]]] = queue.Queue()
+        self._queue: queue.Queue[tuple[str | None, str, Future[Generated]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="trajgym-batcher", daemon=True)
         self._thread.start()
 
@@ -101,14 +101,28 @@ class Batcher:
         """Drop a finished session's cache (a later call for it starts afresh)."""
         self.sessions.forget(session)  # a dict pop: atomic under the GIL
 
+    def close(self) -> None:
+        """Stop the worker thread and drop every cache (the model is freed with the batcher)."""
+        self._queue.put(None)
+        self._thread.join()
+        self.sessions.sessions.clear()
+
     def _serve(self) -> None:
-        while True:
-            pending = [self._queue.get()]
+        closing = False
+        while not closing:
+            first = self._queue.get()
+            if first is None:
+                return
+            pending = [first]
             while len(pending) < self.max_batch:
                 try:
-                    pending.append(self._queue.get(timeout=0.02))
+                    item = self._queue.get(timeout=0.02)
                 except queue.Empty:
                     break
+                if item is None:  # finish this batch, then stop
+                    closing = True
+                    break
+                pending.append(item)
             self.batches.append(len(pending))
             keys = [s if s is not None else f"~{next(self._ephemeral)}" for s, _, _ in pending]
             try:

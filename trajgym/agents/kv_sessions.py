@@ -51,12 +51,17 @@ class SessionGenerator:
         temperature: float = 0.0,
         top_p: float = 1.0,
         generator: Any = None,
+        stop_at_eos: bool = True,
     ) -> list[Generated]:
-        """Reply to each ``(session, rendered prompt)``; sessions in one call must differ."""
+        """Reply to each ``(session, rendered prompt)``; sessions in one call must differ.
+
+        ``stop_at_eos=False`` always generates ``max_new_tokens`` (for benchmarks).
+        """
         import torch
 
         prompts = [self.tokenizer(p, add_special_tokens=False).input_ids for _, p in requests]
-        reuse = [self._reusable(key, ids) for (key, _), ids in zip(requests, prompts, strict=True)]
+        starts = [self._reusable(key, ids) for (key, _), ids in zip(requests, prompts, strict=True)]
+        reuse = [n for _, n in starts]
         past_w = max(reuse)
         new_w = max(len(ids) - r for ids, r in zip(prompts, reuse, strict=True))
         rows = len(requests)
@@ -73,10 +78,10 @@ class SessionGenerator:
             attention[i, past_w + new_w - n :] = 1
         self.reused_tokens += sum(reuse)
         self.computed_tokens += sum(len(ids) - r for ids, r in zip(prompts, reuse, strict=True))
-        cache = self._padded_cache([k for k, _ in requests], reuse, past_w)
+        cache = self._padded_cache(starts, past_w)
         finished = [False] * rows
         generated: list[list[int]] = [[] for _ in range(rows)]
-        eos = self.tokenizer.eos_token_id
+        eos = self.tokenizer.eos_token_id if stop_at_eos else None
         step_ids, step_pos = input_ids.to(device), positions.to(device)
         attention = attention.to(device)
         next_pos = torch.tensor([len(ids) for ids in prompts], device=device)
@@ -109,33 +114,39 @@ class SessionGenerator:
 
     # Cache bookkeeping -------------------------------------------------------------------
 
-    def _reusable(self, key: str, ids: list[int]) -> int:
-        """How many leading prompt tokens the session's cache already holds (never all)."""
-        session = self.sessions.get(key)
-        if session is None:
-            return 0
-        n = 0
-        for a, b in zip(session.tokens, ids, strict=False):
-            if a != b:
-                break
-            n += 1
-        return min(n, len(ids) - 1)  # the last prompt token must run to give the next logits
+    def _reusable(self, key: str, ids: list[int]) -> tuple[str | None, int]:
+        """The cache to start from and how many leading prompt tokens it holds (never all).
 
-    def _padded_cache(self, keys: list[str], reuse: list[int], width: int) -> Any:
+        A session continues its own cache; a new one borrows the longest matching prefix of
+        any kept session (conversations in one environment share their system prompt).
+        """
+        candidates = [key] if key in self.sessions else list(self.sessions)
+        donor, best = None, 0
+        for candidate in candidates:
+            n = 0
+            for a, b in zip(self.sessions[candidate].tokens, ids, strict=False):
+                if a != b:
+                    break
+                n += 1
+            if n > best:
+                donor, best = candidate, n
+        return donor, min(best, len(ids) - 1)  # the last prompt token runs, for the logits
+
+    def _padded_cache(self, starts: list[tuple[str | None, int]], width: int) -> Any:
         """Every row's reusable past, left-padded to ``width``; None when nothing is reused."""
         if width == 0:
             return None
         from transformers import DynamicCache
 
-        template = next(self.sessions[k].kv for k, r in zip(keys, reuse, strict=True) if r)
+        template = next(self.sessions[k].kv for k, r in starts if k is not None and r)
         layers = []
         for layer, (k0, v0) in enumerate(template):
-            heads, dim = k0.shape[0], k0.shape[-1]
-            keys_t = k0.new_zeros((len(keys), heads, width, dim))
-            values_t = v0.new_zeros((len(keys), heads, width, v0.shape[-1]))
-            for i, (key, r) in enumerate(zip(keys, reuse, strict=True)):
-                if r:
-                    k, v = self.sessions[key].kv[layer]
+            heads = k0.shape[0]
+            keys_t = k0.new_zeros((len(starts), heads, width, k0.shape[-1]))
+            values_t = v0.new_zeros((len(starts), heads, width, v0.shape[-1]))
+            for i, (donor, r) in enumerate(starts):
+                if donor is not None and r:
+                    k, v = self.sessions[donor].kv[layer]
                     keys_t[i, :, width - r :] = k[:, :r]
                     values_t[i, :, width - r :] = v[:, :r]
             layers.append((keys_t, values_t))

@@ -11,8 +11,9 @@ import gymnasium
 from trajgym.errors import UnknownEnvironmentError
 
 # Bump -vN when tools, tasks or reward change, so recorded trajectories stay comparable.
+# Retail v1: a required fact only counts when said after the tools showed it (v0 took guesses).
 gymnasium.register(
-    id="trajgym/Retail-v0",
+    id="trajgym/Retail-v1",
     entry_point="trajgym.envs.retail:RetailEnv",
     max_episode_steps=60,
 )

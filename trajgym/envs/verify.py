@@ -19,22 +19,33 @@ _AFFIRM = re.compile(
 
 
 def outputs_told(outputs: Sequence[str], messages: Sequence[Message]) -> dict[str, bool]:
-    """Whether each required output appears in what the assistant said.
+    """Whether the assistant told each required output after the tools showed it.
 
-    Numbers match by value within half a cent (so '$1,234.5' tells '1234.50'); other outputs
-    match case-insensitively as substrings.
+    A fact said before the tools could have shown it is a guess (an untrained model may well
+    say "pending" by chance), so it does not count: a word must follow a tool result that
+    contains it; a number (often a sum or difference the agent works out) must follow some
+    tool result. Numbers match by value within half a cent (so '$1,234.5' tells '1234.50');
+    words match case-insensitively as substrings.
     """
-    said = " ".join(m.text for m in messages if m.role == "assistant")
-    lowered = said.lower()
-    numbers = [float(n) for n in _NUMBER.findall(said.replace(",", ""))]
     result = {}
     for output in outputs:
-        if _NUMBER.fullmatch(output):
-            value = float(output)
-            result[output] = any(abs(n - value) < 0.005 for n in numbers)
-        else:
-            result[output] = output.lower() in lowered
+        numeric = _NUMBER.fullmatch(output) is not None
+        seen = False
+        result[output] = False
+        for m in messages:
+            if m.role == "tool" and not m.text.startswith("Error:"):
+                seen = seen or numeric or _mentions(m.text, output)
+            elif seen and m.role == "assistant" and _mentions(m.text, output):
+                result[output] = True
+                break
     return result
+
+
+def _mentions(text: str, output: str) -> bool:
+    if _NUMBER.fullmatch(output):
+        value = float(output)
+        return any(abs(float(n) - value) < 0.005 for n in _NUMBER.findall(text.replace(",", "")))
+    return output.lower() in text.lower()
 
 
 def unconfirmed_writes(messages: Sequence[Message], writes: Sequence[tuple[int, str]]) -> list[str]:

@@ -219,6 +219,9 @@ def train(config: SFTConfig) -> dict[str, Any]:
     }
     if accelerator.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    # The accelerator holds the model and optimizer: free them for whatever runs next.
+    del model, optimizer, scheduler
+    accelerator.free_memory()
     return summary
 
 

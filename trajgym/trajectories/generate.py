@@ -76,7 +76,7 @@ class GenerateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    envs: list[str] = Field(["trajgym/Retail-v0"], description="Environment ids.")
+    envs: list[str] = Field(["trajgym/Retail-v1"], description="Environment ids.")
     split: Literal["train", "test", "ood"] = Field("train", description="Task split.")
     num_tasks: int | None = Field(None, ge=1, description="First N tasks per env (all if unset).")
     samples_per_task: int = Field(1, ge=1, description="Episodes per task.")
@@ -209,7 +209,11 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
                 report.add(t)
 
         episodes_started = time.perf_counter()
-        _run_all(run, todo, config.concurrency, report, show_progress)
+        try:
+            _run_all(run, todo, config.concurrency, report, show_progress)
+        finally:
+            if batcher is not None:
+                batcher.close()
         report.episodes_wall_s = time.perf_counter() - episodes_started
     report.wall_s = time.perf_counter() - started
     summary = config.output.with_suffix(".summary.json")

@@ -1,4 +1,4 @@
-"""The Retail customer-service domain (``trajgym/Retail-v0``)."""
+"""The Retail customer-service domain (``trajgym/Retail-v1``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class RetailEnv(ToolEnv[RetailState]):
     """An online store's customer-service desk: orders, returns, exchanges, addresses."""
 
     env_id: ClassVar[str] = ENV_ID
-    version: ClassVar[int] = 0
+    version: ClassVar[int] = 1
     toolkit: ClassVar[Toolkit[Any]] = RETAIL_TOOLKIT
     system_prompt: ClassVar[str] = resources.files(__package__).joinpath("policy.md").read_text()
 

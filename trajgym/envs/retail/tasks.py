@@ -21,7 +21,7 @@ from trajgym.envs.retail.world import Customer, Order, Split, World, make_world,
 from trajgym.tools import ToolError
 from trajgym.trajectories.schema import Action, Intent, Task, UserGoal
 
-ENV_ID = "trajgym/Retail-v0"
+ENV_ID = "trajgym/Retail-v1"
 _REASONS = ("no longer needed", "ordered by mistake")
 _OUT_OF_SCOPE = (
     "change the email address on my account",
