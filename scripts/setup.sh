@@ -6,6 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+
+# The process sandbox isolates commands with bubblewrap (a Debian package); without it the
+# sandbox refuses untrusted code, and its tests skip saying why.
+if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get install -y -q bubblewrap >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } \
+    || echo "warning: could not install bubblewrap; the process sandbox will refuse to run"
+fi
 TORCH_SPEC=${TRAJGYM_TORCH:-torch==2.13.0}
 
 if [ ! -x .venv/bin/python ]; then

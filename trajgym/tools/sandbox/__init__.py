@@ -1,0 +1,13 @@
+"""Sandboxes for tools that run code: one per episode, always closed."""
+
+from trajgym.tools.sandbox.base import ExecResult, Sandbox, SandboxError, SandboxLimits
+from trajgym.tools.sandbox.process import ProcessSandbox, isolation
+
+__all__ = [
+    "ExecResult",
+    "ProcessSandbox",
+    "Sandbox",
+    "SandboxError",
+    "SandboxLimits",
+    "isolation",
+]

@@ -1,0 +1,205 @@
+"""The embedded sandbox: a local process in its own namespaces, as an unprivileged user.
+
+Each command runs under bubblewrap with new pid, network, ipc and uts namespaces (no
+network at all), a root filesystem made of read-only ``/usr`` and a few files of ``/etc``
+(the host's home folders, secrets and project are simply not there), a private ``/tmp``,
+and the workspace at ``/workspace``. As root, the command then drops to uid 65534 (root
+would ignore the process limit); rlimits bound CPU time, memory, processes, file size and
+open files; a wall-clock timeout kills the whole process tree; the environment is empty
+but for PATH and HOME (no API keys). As root, the workspace is a size-limited tmpfs, so a
+command cannot fill the host's disk.
+
+Where a piece of this is missing on a machine, :func:`isolation` says which, a warning is
+logged when a sandbox starts, and the sandbox refuses to start unless
+``allow_weak_isolation=True`` (for trusted code only).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+from trajgym.tools.sandbox.base import ExecResult, Sandbox, SandboxError, SandboxLimits
+
+log = logging.getLogger(__name__)
+SANDBOX_UID = 65534  # nobody
+_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@functools.cache
+def isolation() -> dict[str, bool]:
+    """Which protections this machine gives the process sandbox."""
+    root = os.geteuid() == 0
+    bwrap = shutil.which("bwrap")
+    works = False
+    if bwrap:
+        probe = [*_bwrap_argv(bwrap, Path(tempfile.gettempdir()), root), "--", "/usr/bin/true"]
+        works = subprocess.run(probe, capture_output=True, check=False).returncode == 0
+    return {
+        "namespaces (bubblewrap: no network, hidden host files)": works,
+        "unprivileged uid": not root or shutil.which("setpriv") is not None,
+        "workspace size limit (tmpfs, needs root)": root and shutil.which("mount") is not None,
+        "resource limits (prlimit)": shutil.which("prlimit") is not None,
+    }
+
+
+class ProcessSandbox(Sandbox):
+    """A workspace plus isolated command execution on this machine."""
+
+    def __init__(
+        self, limits: SandboxLimits | None = None, allow_weak_isolation: bool = False
+    ) -> None:
+        self.limits = limits or SandboxLimits()
+        self.isolation = isolation()
+        missing = [name for name, ok in self.isolation.items() if not ok]
+        if missing:
+            message = "process sandbox without: " + "; ".join(missing)
+            if not allow_weak_isolation:
+                raise SandboxError(
+                    f"{message}. Install bubblewrap (apt-get install bubblewrap) and run as "
+                    "root, or pass allow_weak_isolation=True for trusted code only."
+                )
+            log.warning("UNSAFE %s: run trusted code only", message)
+        self._root_user = os.geteuid() == 0
+        self.workspace = Path(tempfile.mkdtemp(prefix="trajgym-ws-"))
+        self._mounted = False
+        if self._root_user and self.isolation["workspace size limit (tmpfs, needs root)"]:
+            options = f"size={self.limits.disk_mb}m,mode=0755,uid={SANDBOX_UID},gid={SANDBOX_UID}"
+            mounted = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(self.workspace)],
+                capture_output=True,
+                check=False,
+            )
+            self._mounted = mounted.returncode == 0
+        if self._root_user and not self._mounted:
+            os.chown(self.workspace, SANDBOX_UID, SANDBOX_UID)
+
+    def exec(
+        self, command: str | list[str], stdin: str = "", timeout_s: float | None = None
+    ) -> ExecResult:
+        """Run ``command`` isolated; the episode gets its exit code and (capped) output."""
+        self._root()  # refuses when closed
+        argv = self._argv(["/bin/sh", "-c", command] if isinstance(command, str) else command)
+        wall = timeout_s or self.limits.wall_s
+        started = time.perf_counter()
+        # Output goes to files, not pipes: a command printing gigabytes meets the file-size
+        # limit instead of filling this process's memory.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+                env={"PATH": _PATH},
+                start_new_session=True,  # one process group to kill on timeout
+            )
+            timed_out = False
+            try:
+                proc.communicate(stdin.encode(), timeout=wall)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGKILL)  # bwrap dies; its namespace with it
+                proc.wait()
+            stdout, cut_out = _head(out, self.limits.output_bytes)
+            stderr, cut_err = _head(err, self.limits.output_bytes)
+        return ExecResult(
+            exit_code=proc.returncode,
+            stdout=stdout,
+            stderr=stderr,
+            timed_out=timed_out,
+            truncated=cut_out or cut_err,
+            duration_s=time.perf_counter() - started,
+        )
+
+    def write_file(self, path: str, content: str) -> None:
+        """Create or replace a workspace file, owned by the sandbox user."""
+        super().write_file(path, content)
+        if self._root_user:
+            target = self._inside(path)
+            for p in [target, *target.parents]:
+                if p == self.workspace.resolve():
+                    break
+                os.chown(p, SANDBOX_UID, SANDBOX_UID)
+
+    def close(self) -> None:
+        """Remove the workspace (unmounting its tmpfs)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._mounted:
+            subprocess.run(["umount", "-l", str(self.workspace)], capture_output=True, check=False)
+        shutil.rmtree(self.workspace, ignore_errors=True)
+
+    def _argv(self, command: list[str]) -> list[str]:
+        lim = self.limits
+        limits = [
+            "prlimit",
+            f"--cpu={lim.cpu_s}",
+            f"--as={lim.memory_mb * 2**20}",
+            f"--nproc={lim.processes}",
+            f"--fsize={lim.file_size_mb * 2**20}",
+            f"--nofile={lim.open_files}",
+            "--core=0",
+            "--",
+        ]
+        bwrap = shutil.which("bwrap")
+        if (
+            not self.isolation["namespaces (bubblewrap: no network, hidden host files)"]
+            or not bwrap
+        ):
+            return [*limits, *self._drop(), *command]  # weak: opted in above
+        return [
+            *limits,
+            *_bwrap_argv(bwrap, self.workspace, self._root_user),
+            "--",
+            *self._drop(),
+            *command,
+        ]
+
+    def _drop(self) -> list[str]:
+        if not self._root_user:
+            return []
+        return [
+            "setpriv",
+            f"--reuid={SANDBOX_UID}",
+            f"--regid={SANDBOX_UID}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ]
+
+
+def _bwrap_argv(bwrap: str, workspace: Path, root: bool) -> list[str]:
+    argv = [bwrap]
+    # As root, no user namespace: the command must really become uid 65534 (setpriv), which
+    # a user namespace would not map. Without root, a user namespace gives the rest.
+    argv += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+    argv += [] if root else ["--unshare-user"]
+    argv += ["--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
+    for link in ("bin", "lib", "lib64", "sbin"):
+        if Path(f"/{link}").is_symlink():
+            argv += ["--symlink", f"usr/{link}", f"/{link}"]
+        elif Path(f"/{link}").exists():
+            argv += ["--ro-bind", f"/{link}", f"/{link}"]
+    for etc in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/passwd", "/etc/group"):
+        if Path(etc).exists():
+            argv += ["--ro-bind", etc, etc]
+    argv += ["--bind", str(workspace), "/workspace", "--tmpfs", "/tmp"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--chdir", "/workspace", "--clearenv"]
+    argv += ["--setenv", "PATH", _PATH, "--setenv", "HOME", "/workspace"]
+    return argv
+
+
+def _head(stream: IO[bytes], limit: int) -> tuple[str, bool]:
+    """The first ``limit`` bytes of a finished output file, and whether more was written."""
+    stream.seek(0)
+    data = stream.read(limit + 1)
+    return data[:limit].decode(errors="replace"), len(data) > limit
