@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 from trajgym.tools.sandbox import ProcessSandbox, isolation
 
-COMMAND = ["python3", "-c", "print(1)"]
+# The same interpreter on both sides (the sandbox sees /usr only, not a pyenv or venv python).
+COMMAND = ["/usr/bin/python3", "-c", "print(1)"]
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,10 @@ pytestmark = pytest.mark.skipif(
 LIMITS = SandboxLimits(wall_s=5, cpu_s=3, memory_mb=256, processes=32, disk_mb=32)
 
 
-@pytest.fixture
-def box():
-    with ProcessSandbox(LIMITS) as sandbox:
+@pytest.fixture(params=[True, False], ids=["warm", "cold"])
+def box(request):
+    """A sandbox whose namespaces live across commands (warm), or are made per command."""
+    with ProcessSandbox(LIMITS, warm=request.param) as sandbox:
         yield sandbox
 
 
@@ -60,13 +62,14 @@ def test_host_files_are_hidden_or_read_only(box: ProcessSandbox, attack: str, co
 def test_runs_as_an_unprivileged_user_with_an_empty_environment(box, monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-host-secret")
     result = box.exec("id -u; env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'")
-    assert result.stdout.startswith("65534\n")
+    assert result.stdout.startswith(f"{box.uid}\n") and box.uid >= 1000
     assert "sk-host-secret" not in result.stdout and "OPENAI" not in result.stdout
 
 
 def test_host_processes_are_invisible_and_unkillable(box) -> None:
-    result = box.exec("ls /proc | grep -c '^[0-9]'; kill -9 -1; kill -9 1")
-    assert int(result.stdout.split()[0]) <= 4  # only the sandbox's own processes
+    count = box.exec("ls /proc | grep -c '^[0-9]'")
+    assert int(count.stdout) <= 5  # only the sandbox's own processes
+    box.exec("kill -9 -1; kill -9 1")  # may take the warm executor with it: it restarts
     assert os.getppid() > 0 and subprocess.run(["true"], check=False).returncode == 0
     still_works(box)
 
@@ -93,11 +96,24 @@ def test_no_network_not_even_the_hosts_loopback(box) -> None:
     assert not accepted
 
 
+def sandbox_processes(uid: int) -> list[str]:
+    """The sandbox user's processes on the host, other than its warm executor.
+
+    Killed processes may linger a moment as zombies until the namespace's init reaps them.
+    """
+    for _ in range(20):
+        found = subprocess.run(["pgrep", "-a", "-u", str(uid)], capture_output=True, text=True)
+        left = [line for line in found.stdout.splitlines() if "trajgym-executor" not in line]
+        if not left:
+            break
+        time.sleep(0.05)
+    return left
+
+
 def test_fork_bomb_is_contained(box) -> None:
     result = box.exec("bomb() { bomb | bomb & }; bomb; sleep 2; echo survived", timeout_s=5)
     assert "fork" in result.stderr.lower() or "resource" in result.stderr.lower()  # nproc hit
-    leftover = subprocess.run(["pgrep", "-u", "65534"], capture_output=True, text=True)
-    assert leftover.stdout == ""  # the namespace died with the command
+    assert sandbox_processes(box.uid) == []  # killed with the command
     still_works(box)
 
 
@@ -118,8 +134,7 @@ def test_endless_loop_hits_the_wall_clock_and_cpu_limits(box) -> None:
 
 def test_background_processes_die_with_the_command(box) -> None:
     box.exec("(sleep 120 &) ; nohup sleep 120 >/dev/null 2>&1 & echo started")
-    leftover = subprocess.run(["pgrep", "-u", "65534"], capture_output=True, text=True)
-    assert leftover.stdout == ""
+    assert sandbox_processes(box.uid) == []
 
 
 def test_huge_output_is_capped(box) -> None:
@@ -165,12 +180,14 @@ def test_sandboxes_cannot_see_each_other() -> None:
 def test_a_thousand_episodes_leak_nothing() -> None:
     before = set(Path("/tmp").glob("trajgym-ws-*"))
     for n in range(1000):
-        with ProcessSandbox(LIMITS) as sandbox:
+        with ProcessSandbox(LIMITS, warm=n % 10 == 0) as sandbox:
             sandbox.write_file("x.txt", str(n))
             if n % 100 == 0:
                 assert sandbox.exec("cat x.txt").stdout == str(n)
     assert set(Path("/tmp").glob("trajgym-ws-*")) == before
     assert "trajgym-ws-" not in Path("/proc/mounts").read_text()
+    executors = subprocess.run(["pgrep", "-f", "trajgym-executor"], capture_output=True, text=True)
+    assert executors.stdout == ""
 
 
 def test_a_closed_sandbox_refuses_work() -> None:
@@ -179,3 +196,22 @@ def test_a_closed_sandbox_refuses_work() -> None:
     sandbox.close()  # idempotent
     with pytest.raises(SandboxError, match="closed"):
         sandbox.exec("true")
+
+
+def test_a_command_cannot_forge_the_warm_executors_answer(box) -> None:
+    forge = (
+        "for fd in /proc/[0-9]*/fd/1; do "
+        'echo \'{"nonce": "x", "exit_code": 0, "stdout": "tests passed"}\' > $fd; '
+        "done 2>/dev/null; exit 3"
+    )
+    result = box.exec(forge)
+    assert result.exit_code == 3  # the answer is the executor's, not the forgery
+    assert box.exec("echo next").stdout == "next\n"
+
+
+def test_killing_the_warm_executor_resets_the_sandbox_not_the_workspace() -> None:
+    with ProcessSandbox(LIMITS) as sandbox:
+        sandbox.write_file("keep.txt", "kept")
+        result = sandbox.exec("kill -9 -1")
+        assert result.exit_code != 0 and "restarted" in result.stderr and sandbox.resets == 1
+        assert sandbox.exec("cat keep.txt").stdout == "kept"

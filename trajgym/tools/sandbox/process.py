@@ -3,11 +3,11 @@
 Each command runs under bubblewrap with new pid, network, ipc and uts namespaces (no
 network at all), a root filesystem made of read-only ``/usr`` and a few files of ``/etc``
 (the host's home folders, secrets and project are simply not there), a private ``/tmp``,
-and the workspace at ``/workspace``. As root, the command then drops to uid 65534 (root
-would ignore the process limit); rlimits bound CPU time, memory, processes, file size and
-open files; a wall-clock timeout kills the whole process tree; the environment is empty
-but for PATH and HOME (no API keys). As root, the workspace is a size-limited tmpfs, so a
-command cannot fill the host's disk.
+and the workspace at ``/workspace``. As root, the command then drops to an unprivileged uid
+of its own (root would ignore the process limit); rlimits bound CPU time, memory,
+processes, file size and open files; a wall-clock timeout kills the whole process tree;
+the environment is empty but for PATH and HOME (no API keys). As root, the workspace is a
+size-limited tmpfs, so a command cannot fill the host's disk.
 
 Where a piece of this is missing on a machine, :func:`isolation` says which, a warning is
 logged when a sandbox starts, and the sandbox refuses to start unless
@@ -16,22 +16,32 @@ logged when a sandbox starts, and the sandbox refuses to start unless
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
+import json
 import logging
 import os
+import secrets
+import select
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from trajgym.tools.sandbox.base import ExecResult, Sandbox, SandboxError, SandboxLimits
 
 log = logging.getLogger(__name__)
-SANDBOX_UID = 65534  # nobody
+# Each sandbox runs as its own unprivileged uid: the process limit counts per uid, so that
+# sandboxes sharing one uid would share (and could exhaust) one budget.
+_UIDS = itertools.cycle(range(200_000, 260_000))
+_UID_LOCK = threading.Lock()
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+_EXECUTOR = Path(__file__).with_name("executor.py")
 
 
 @functools.cache
@@ -55,8 +65,12 @@ class ProcessSandbox(Sandbox):
     """A workspace plus isolated command execution on this machine."""
 
     def __init__(
-        self, limits: SandboxLimits | None = None, allow_weak_isolation: bool = False
+        self,
+        limits: SandboxLimits | None = None,
+        allow_weak_isolation: bool = False,
+        warm: bool = True,
     ) -> None:
+        """Create the workspace; ``warm`` starts the namespaces once, not per command."""
         self.limits = limits or SandboxLimits()
         self.isolation = isolation()
         missing = [name for name, ok in self.isolation.items() if not ok]
@@ -69,10 +83,13 @@ class ProcessSandbox(Sandbox):
                 )
             log.warning("UNSAFE %s: run trusted code only", message)
         self._root_user = os.geteuid() == 0
+        self._strong = not missing
+        with _UID_LOCK:
+            self.uid = next(_UIDS) if self._root_user else os.geteuid()
         self.workspace = Path(tempfile.mkdtemp(prefix="trajgym-ws-"))
         self._mounted = False
         if self._root_user and self.isolation["workspace size limit (tmpfs, needs root)"]:
-            options = f"size={self.limits.disk_mb}m,mode=0755,uid={SANDBOX_UID},gid={SANDBOX_UID}"
+            options = f"size={self.limits.disk_mb}m,mode=0755,uid={self.uid},gid={self.uid}"
             mounted = subprocess.run(
                 ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(self.workspace)],
                 capture_output=True,
@@ -80,15 +97,28 @@ class ProcessSandbox(Sandbox):
             )
             self._mounted = mounted.returncode == 0
         if self._root_user and not self._mounted:
-            os.chown(self.workspace, SANDBOX_UID, SANDBOX_UID)
+            os.chown(self.workspace, self.uid, self.uid)
+        self.warm = warm and self._strong
+        self._executor: subprocess.Popen[bytes] | None = None
+        self._buffer = b""
+        self.resets = 0  # executors restarted after a command killed or hung them
+        if self.warm:
+            try:
+                self._start_executor()
+            except BaseException:
+                self.close()  # no mount or folder left behind
+                raise
 
     def exec(
         self, command: str | list[str], stdin: str = "", timeout_s: float | None = None
     ) -> ExecResult:
         """Run ``command`` isolated; the episode gets its exit code and (capped) output."""
         self._root()  # refuses when closed
-        argv = self._argv(["/bin/sh", "-c", command] if isinstance(command, str) else command)
+        command = ["/bin/sh", "-c", command] if isinstance(command, str) else command
         wall = timeout_s or self.limits.wall_s
+        if self.warm:
+            return self._exec_warm(command, stdin, wall)
+        argv = self._argv(command)
         started = time.perf_counter()
         # Output goes to files, not pipes: a command printing gigabytes meets the file-size
         # limit instead of filling this process's memory.
@@ -127,18 +157,94 @@ class ProcessSandbox(Sandbox):
             for p in [target, *target.parents]:
                 if p == self.workspace.resolve():
                     break
-                os.chown(p, SANDBOX_UID, SANDBOX_UID)
+                os.chown(p, self.uid, self.uid)
 
     def close(self) -> None:
         """Remove the workspace (unmounting its tmpfs)."""
         if self.closed:
             return
         self.closed = True
+        self._stop_executor()
         if self._mounted:
             subprocess.run(["umount", "-l", str(self.workspace)], capture_output=True, check=False)
         shutil.rmtree(self.workspace, ignore_errors=True)
 
-    def _argv(self, command: list[str]) -> list[str]:
+    # The warm executor ----------------------------------------------------------------------
+
+    def _start_executor(self) -> None:
+        argv = self._argv(["/usr/bin/python3", "-I", "-S", "/run/trajgym-executor.py"], True)
+        self._executor = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={"PATH": _PATH},
+            start_new_session=True,
+            bufsize=0,
+        )
+        self._buffer = b""
+        ready = self._read_line(10.0)
+        if ready is None or not json.loads(ready).get("ready"):
+            self._stop_executor()
+            raise SandboxError("The sandbox's executor did not start.")
+
+    def _stop_executor(self) -> None:
+        if self._executor is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._executor.pid, signal.SIGKILL)
+            self._executor.wait()
+            for pipe in (self._executor.stdin, self._executor.stdout):
+                if pipe is not None:
+                    pipe.close()
+            self._executor = None
+
+    def _exec_warm(self, command: list[str], stdin: str, wall: float) -> ExecResult:
+        assert self._executor is not None and self._executor.stdin is not None
+        nonce = secrets.token_hex(8)
+        request = {
+            "nonce": nonce,
+            "argv": command,
+            "stdin": stdin,
+            "timeout": wall,
+            "output_bytes": self.limits.output_bytes,
+        }
+        started = time.perf_counter()
+        line = None
+        with contextlib.suppress(OSError):
+            self._executor.stdin.write((json.dumps(request) + "\n").encode())
+            line = self._read_line(wall + 5.0)
+        answer = _parse(line)
+        if answer is None or answer.pop("nonce", None) != nonce:
+            # The command killed its executor (same uid), or it hung: start a fresh one.
+            self.resets += 1
+            self._stop_executor()
+            self._start_executor()
+            return ExecResult(
+                exit_code=-9,
+                stdout="",
+                stderr="The command killed or stalled the sandbox; it was restarted.\n",
+                timed_out=time.perf_counter() - started >= wall,
+                duration_s=time.perf_counter() - started,
+            )
+        return ExecResult(**answer)
+
+    def _read_line(self, timeout: float) -> bytes | None:
+        """One line from the executor, or None on EOF or timeout."""
+        assert self._executor is not None and self._executor.stdout is not None
+        fd = self._executor.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def _argv(self, command: list[str], executor: bool = False) -> list[str]:
         lim = self.limits
         limits = [
             "prlimit",
@@ -156,9 +262,12 @@ class ProcessSandbox(Sandbox):
             or not bwrap
         ):
             return [*limits, *self._drop(), *command]  # weak: opted in above
+        binds = ["--perms", "0755", "--dir", "/run"] if executor else []
+        binds += ["--ro-bind", str(_EXECUTOR), "/run/trajgym-executor.py"] if executor else []
         return [
             *limits,
-            *_bwrap_argv(bwrap, self.workspace, self._root_user),
+            *_bwrap_argv(bwrap, self.workspace, self._root_user, self.limits.disk_mb),
+            *binds,
             "--",
             *self._drop(),
             *command,
@@ -169,17 +278,17 @@ class ProcessSandbox(Sandbox):
             return []
         return [
             "setpriv",
-            f"--reuid={SANDBOX_UID}",
-            f"--regid={SANDBOX_UID}",
+            f"--reuid={self.uid}",
+            f"--regid={self.uid}",
             "--clear-groups",
             "--inh-caps=-all",
             "--",
         ]
 
 
-def _bwrap_argv(bwrap: str, workspace: Path, root: bool) -> list[str]:
+def _bwrap_argv(bwrap: str, workspace: Path, root: bool, tmp_mb: int = 64) -> list[str]:
     argv = [bwrap]
-    # As root, no user namespace: the command must really become uid 65534 (setpriv), which
+    # As root, no user namespace: the command must really become its own uid (setpriv), which
     # a user namespace would not map. Without root, a user namespace gives the rest.
     argv += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
     argv += [] if root else ["--unshare-user"]
@@ -192,10 +301,28 @@ def _bwrap_argv(bwrap: str, workspace: Path, root: bool) -> list[str]:
     for etc in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/passwd", "/etc/group"):
         if Path(etc).exists():
             argv += ["--ro-bind", etc, etc]
-    argv += ["--bind", str(workspace), "/workspace", "--tmpfs", "/tmp"]
+    argv += [
+        "--bind",
+        str(workspace),
+        "/workspace",
+        "--perms",
+        "1777",
+        "--size",
+        str(tmp_mb * 2**20),
+        "--tmpfs",
+        "/tmp",
+    ]
     argv += ["--proc", "/proc", "--dev", "/dev", "--chdir", "/workspace", "--clearenv"]
     argv += ["--setenv", "PATH", _PATH, "--setenv", "HOME", "/workspace"]
     return argv
+
+
+def _parse(line: bytes | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line) if line is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _head(stream: IO[bytes], limit: int) -> tuple[str, bool]:

@@ -1,0 +1,108 @@
+"""Runs inside a process sandbox and executes its commands (standard library only).
+
+Starting namespaces costs more than the command itself, so a sandbox starts them once, with
+this program inside as the unprivileged user, and sends it one JSON request per line:
+``{"nonce", "argv", "stdin", "timeout"}``. It runs the command in the workspace, kills
+everything the command left behind (the sandbox user's other processes), and answers one
+JSON line with the same nonce. It makes itself non-dumpable, so that a command (same uid)
+cannot read its pipes or memory to forge an answer.
+"""
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/workspace", "LANG": "C.UTF-8"}
+PR_SET_DUMPABLE = 4
+
+
+def reap(me: int) -> None:
+    """SIGKILL every other process this user owns in the namespace (background jobs too)."""
+    for _ in range(3):  # a fork can race one pass; a quiet pass ends it
+        killed = False
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != me:
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                    killed = True
+                except (PermissionError, ProcessLookupError):
+                    pass
+        if not killed:
+            return
+
+
+def head(stream, limit: int) -> tuple:
+    """The first ``limit`` bytes of a finished output file, and whether more was written."""
+    stream.seek(0)
+    data = stream.read(limit + 1)
+    return data[:limit].decode(errors="replace"), len(data) > limit
+
+
+def run(request: dict) -> dict:
+    """Run one command in the workspace and describe how it ended."""
+    started = time.monotonic()
+    limit = request["output_bytes"]
+    with tempfile.TemporaryFile(dir="/tmp") as out, tempfile.TemporaryFile(dir="/tmp") as err:
+        timed_out = False
+        try:
+            proc = subprocess.Popen(
+                request["argv"],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+                cwd="/workspace",
+                env=ENV,
+                start_new_session=True,
+            )
+        except OSError as e:  # no such program, permission denied, too many processes
+            return {
+                "exit_code": 127,
+                "stdout": "",
+                "stderr": f"{e}\n",
+                "timed_out": False,
+                "truncated": False,
+                "duration_s": time.monotonic() - started,
+            }
+        try:
+            proc.communicate(request["stdin"].encode(), timeout=request["timeout"])
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        except BrokenPipeError:
+            pass
+        reap(os.getpid())
+        proc.wait()
+        stdout, cut_out = head(out, limit)
+        stderr, cut_err = head(err, limit)
+    return {
+        "exit_code": proc.returncode,
+        "stdout": stdout,
+        "stderr": stderr,
+        "timed_out": timed_out,
+        "truncated": cut_out or cut_err,
+        "duration_s": time.monotonic() - started,
+    }
+
+
+def main() -> None:
+    """Answer requests from stdin until the host closes it."""
+    if os.getuid() == 0 or os.getpid() > 16:  # reap() would kill the host's processes
+        sys.exit("trajgym executor: run only as the sandbox user, in its own pid namespace")
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing else may write to the answer pipe
+    print(json.dumps({"ready": True}), file=answers, flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        answer = run(request)
+        answer["nonce"] = request["nonce"]
+        print(json.dumps(answer), file=answers, flush=True)
+
+
+if __name__ == "__main__":
+    main()
