@@ -1,5 +1,6 @@
 """Sandbox cost: p50 / p99 time to acquire a sandbox and to run a trivial command in it,
-beside a plain ``subprocess.run`` of the same command, measured in one run.
+for each backend available (process; Docker where an engine runs), beside a plain
+``subprocess.run`` of the same command, measured in one run.
 
 Target: exec <= 1.5x a bare ``subprocess.run`` of the same command.
 
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from trajgym.tools.sandbox import ProcessSandbox, isolation
+from trajgym.tools.sandbox.docker import DockerPool, DockerSandbox, docker_available
 
 # The same interpreter on both sides (the sandbox sees /usr only, not a pyenv or venv python).
 COMMAND = ["/usr/bin/python3", "-c", "print(1)"]
@@ -45,6 +47,23 @@ def main() -> None:
     with ProcessSandbox() as sandbox:
         execs = timed(lambda: sandbox.exec(COMMAND), args.n)
     rows = [("subprocess.run", bare), ("process acquire+close", acquire), ("process exec", execs)]
+    reason = docker_available()
+    if reason is None:
+        n = max(10, args.n // 10)  # a container start costs ~0.3 s
+        cold = timed(lambda: DockerSandbox().close(), n)
+        pool = DockerPool(size=4)
+        time.sleep(5)
+        pooled = timed(lambda: pool.acquire().close(), 4)
+        with DockerSandbox() as box:
+            docker_execs = timed(lambda: box.exec(COMMAND), n)
+        pool.close()
+        rows += [
+            ("docker start+remove", cold),
+            ("docker pooled acquire+close", pooled),
+            ("docker exec", docker_execs),
+        ]
+    else:
+        print(f"docker backend skipped: {reason}")
     for name, samples in rows:
         p50, p99 = percentiles(samples)
         print(f"{name:24s} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")

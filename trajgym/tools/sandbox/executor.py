@@ -36,6 +36,17 @@ def reap(me: int) -> None:
             return
 
 
+def collect_orphans() -> None:
+    """As a container's init, wait for the reparented processes that reap() killed."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def head(stream, limit: int) -> tuple:
     """The first ``limit`` bytes of a finished output file, and whether more was written."""
     stream.seek(0)
@@ -76,6 +87,7 @@ def run(request: dict) -> dict:
             pass
         reap(os.getpid())
         proc.wait()
+        collect_orphans()
         stdout, cut_out = head(out, limit)
         stderr, cut_err = head(err, limit)
     return {

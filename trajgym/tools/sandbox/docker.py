@@ -1,0 +1,260 @@
+"""The Docker sandbox: one container per episode, from a configurable image.
+
+The container runs trajgym's executor (``executor.py``, bound read-only) as its main
+process, as an unprivileged uid, with no network by default, a read-only root filesystem,
+the workspace bound at ``/workspace`` and a size-limited ``/tmp``, memory / pids / CPU
+limits, all capabilities dropped and ``no-new-privileges``. Commands go to the executor over
+the container's attached stdin and come back as JSON lines, as in the process sandbox.
+Containers carry a label with the creating process's pid: they are removed on close, and
+those of a crashed process are swept away by the next one. A :class:`DockerPool` keeps
+started containers ready so that acquiring one is fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import secrets
+import select
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from trajgym.tools.sandbox.base import ExecResult, Sandbox, SandboxError, SandboxLimits
+
+DEFAULT_IMAGE = os.environ.get("TRAJGYM_SANDBOX_IMAGE", "trajgym-sandbox:bookworm")
+LABEL = "trajgym.sandbox.owner"
+_EXECUTOR = Path(__file__).with_name("executor.py")
+_UID = 65534
+_swept = False
+
+
+def docker_available(image: str = DEFAULT_IMAGE) -> str | None:
+    """None if an engine answers and has ``image``; otherwise why not."""
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+        client.images.get(image)
+    except Exception as e:  # noqa: BLE001 (any failure means: not available, and why)
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+class DockerSandbox(Sandbox):
+    """A container for one episode (see the module docstring)."""
+
+    def __init__(
+        self,
+        limits: SandboxLimits | None = None,
+        image: str = DEFAULT_IMAGE,
+        network: bool = False,
+        client: Any = None,
+    ) -> None:
+        import docker
+
+        self.limits = limits or SandboxLimits()
+        self.client = client or docker.from_env()
+        _sweep_orphans(self.client)
+        self.workspace = Path(tempfile.mkdtemp(prefix="trajgym-ws-"))
+        if os.geteuid() == 0:
+            os.chown(self.workspace, _UID, _UID)
+        self.container: Any = None
+        self._buffer = b""
+        self.resets = 0
+        try:
+            self._start(image, network)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, image: str, network: bool) -> None:
+        import docker
+
+        lim = self.limits
+        self.container = self.client.containers.run(
+            image,
+            ["python3", "-I", "-S", "/run/trajgym-executor.py"],
+            detach=True,
+            stdin_open=True,
+            network_mode="bridge" if network else "none",
+            mem_limit=f"{lim.memory_mb}m",
+            memswap_limit=f"{lim.memory_mb}m",
+            pids_limit=lim.processes,
+            nano_cpus=1_000_000_000,
+            read_only=True,
+            tmpfs={"/tmp": f"size={lim.disk_mb}m,mode=1777"},
+            volumes={
+                str(self.workspace): {"bind": "/workspace", "mode": "rw"},
+                str(_EXECUTOR): {"bind": "/run/trajgym-executor.py", "mode": "ro"},
+            },
+            working_dir="/workspace",
+            user=f"{_UID}:{_UID}",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            ulimits=[
+                docker.types.Ulimit(name="cpu", soft=lim.cpu_s, hard=lim.cpu_s),
+                docker.types.Ulimit(
+                    name="fsize", soft=lim.file_size_mb * 2**20, hard=lim.file_size_mb * 2**20
+                ),
+                docker.types.Ulimit(name="nofile", soft=lim.open_files, hard=lim.open_files),
+            ],
+            environment={"HOME": "/workspace", "PATH": "/usr/local/bin:/usr/bin:/bin"},
+            labels={LABEL: str(os.getpid())},
+        )
+        self._socket = self.container.attach_socket(params={"stdin": 1, "stdout": 1, "stream": 1})
+        self._raw = self._socket._sock
+        self._buffer = b""
+        ready = self._read_line(15.0)
+        if ready is None or not json.loads(ready).get("ready"):
+            raise SandboxError("The container's executor did not start.")
+
+    def exec(
+        self, command: str | list[str], stdin: str = "", timeout_s: float | None = None
+    ) -> ExecResult:
+        """Run ``command`` in the container's workspace."""
+        self._root()
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
+        wall = timeout_s or self.limits.wall_s
+        nonce = secrets.token_hex(8)
+        request = {
+            "nonce": nonce,
+            "argv": argv,
+            "stdin": stdin,
+            "timeout": wall,
+            "output_bytes": self.limits.output_bytes,
+        }
+        started = time.perf_counter()
+        line = None
+        with contextlib.suppress(OSError):
+            self._raw.sendall((json.dumps(request) + "\n").encode())
+            line = self._read_line(wall + 5.0)
+        try:
+            answer = json.loads(line) if line is not None else None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or answer.pop("nonce", None) != nonce:
+            self.resets += 1
+            image = self.container.image.tags[0] if self.container.image.tags else DEFAULT_IMAGE
+            self._remove_container()
+            self._start(image, network=False)
+            return ExecResult(
+                exit_code=-9,
+                stdout="",
+                stderr="The command killed or stalled the sandbox; it was restarted.\n",
+                timed_out=time.perf_counter() - started >= wall,
+                duration_s=time.perf_counter() - started,
+            )
+        return ExecResult(**answer)
+
+    def write_file(self, path: str, content: str) -> None:
+        """Create or replace a workspace file, owned by the container's user."""
+        super().write_file(path, content)
+        if os.geteuid() == 0:
+            target = self._inside(path)
+            for p in [target, *target.parents]:
+                if p == self.workspace.resolve():
+                    break
+                os.chown(p, _UID, _UID)
+
+    def close(self) -> None:
+        """Remove the container and the workspace (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._remove_container()
+        shutil.rmtree(self.workspace, ignore_errors=True)
+
+    def _remove_container(self) -> None:
+        if self.container is not None:
+            with contextlib.suppress(Exception):
+                self._socket.close()
+            with contextlib.suppress(Exception):
+                self.container.remove(force=True)
+            self.container = None
+
+    def _read_line(self, timeout: float) -> bytes | None:
+        """One line of the executor's stdout, from Docker's multiplexed attach stream."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            header = self._read_exact(8, deadline)
+            if header is None:
+                return None
+            size = int.from_bytes(header[4:], "big")
+            payload = self._read_exact(size, deadline)
+            if payload is None:
+                return None
+            if header[0] == 1:  # stdout (stderr frames are dropped)
+                self._buffer += payload
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def _read_exact(self, n: int, deadline: float) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._raw], [], [], left)[0]:
+                return None
+            chunk = self._raw.recv(n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+
+class DockerPool:
+    """Keeps ``size`` containers started, so that :meth:`acquire` rarely waits for one."""
+
+    def __init__(
+        self, size: int = 4, limits: SandboxLimits | None = None, image: str = DEFAULT_IMAGE
+    ) -> None:
+        import docker
+
+        self.limits, self.image = limits, image
+        self.client = docker.from_env()
+        self._ready: queue.Queue[DockerSandbox] = queue.Queue()
+        self._wanted = threading.Semaphore(size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="trajgym-docker-pool", daemon=True)
+        self._thread.start()
+
+    def acquire(self) -> DockerSandbox:
+        """A started sandbox (the caller closes it); a fresh one is started in its place."""
+        sandbox = self._ready.get()
+        self._wanted.release()
+        return sandbox
+
+    def close(self) -> None:
+        """Stop refilling and remove the idle containers."""
+        self._stop.set()
+        self._wanted.release()
+        self._thread.join()
+        while not self._ready.empty():
+            self._ready.get().close()
+
+    def _fill(self) -> None:
+        while True:
+            self._wanted.acquire()
+            if self._stop.is_set():
+                return
+            self._ready.put(DockerSandbox(self.limits, self.image, client=self.client))
+
+
+def _sweep_orphans(client: Any) -> None:
+    """Remove containers left by trajgym processes that no longer exist (a crash)."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        owner = int(container.labels.get(LABEL, "0") or 0)
+        alive = owner > 0 and Path(f"/proc/{owner}").exists()
+        if not alive:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
