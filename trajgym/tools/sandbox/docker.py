@@ -78,10 +78,10 @@ class DockerSandbox(Sandbox):
         import docker
 
         lim = self.limits
-        self.container = self.client.containers.run(
+        # Created, attached, then started: attaching after the start could miss "ready".
+        self.container = self.client.containers.create(
             image,
             ["python3", "-I", "-S", "/run/trajgym-executor.py"],
-            detach=True,
             stdin_open=True,
             network_mode="bridge" if network else "none",
             mem_limit=f"{lim.memory_mb}m",
@@ -110,6 +110,7 @@ class DockerSandbox(Sandbox):
         )
         self._socket = self.container.attach_socket(params={"stdin": 1, "stdout": 1, "stream": 1})
         self._raw = self._socket._sock
+        self.container.start()
         self._buffer = b""
         ready = self._read_line(15.0)
         if ready is None or not json.loads(ready).get("ready"):
