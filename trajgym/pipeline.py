@@ -118,6 +118,7 @@ def run(config: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
             timings[f"eval_{name}_{split}_s"] = time.perf_counter() - started
     report = {
         "env": config.env,
+        "k": config.eval.k,
         "harvest": {"episodes": harvest.written + harvest.skipped, "successes": harvest.successes},
         "sft": {k: sft_summary.get(k) for k in ("steps", "tokens", "examples", "tokens_per_s")},
         "results": results,

@@ -11,6 +11,7 @@ masked, positions given explicitly, so every row computes exactly what it would 
 from __future__ import annotations
 
 import inspect
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +96,7 @@ class SessionGenerator:
                     logits_to_keep=1,
                     **{self._cache_arg: cache},
                 )
-                cache = getattr(out, self._cache_arg, None) or out.past_key_values
+                cache = getattr(out, self._cache_arg)
                 token = _pick(out.logits[:, -1].float(), temperature, top_p, generator)
                 for i, t in enumerate(token.tolist()):
                     if not finished[i]:
@@ -123,11 +124,7 @@ class SessionGenerator:
         candidates = [key] if key in self.sessions else list(self.sessions)
         donor, best = None, 0
         for candidate in candidates:
-            n = 0
-            for a, b in zip(self.sessions[candidate].tokens, ids, strict=False):
-                if a != b:
-                    break
-                n += 1
+            n = len(os.path.commonprefix([self.sessions[candidate].tokens, ids]))
             if n > best:
                 donor, best = candidate, n
         return donor, min(best, len(ids) - 1)  # the last prompt token runs, for the logits

@@ -9,10 +9,16 @@ message for the agent.
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
+import json
+import os
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +66,7 @@ class Sandbox(abc.ABC):
 
     workspace: Path
     closed: bool = False
+    owner_uid: int | None = None  # files written from the host are given to this user
 
     @abc.abstractmethod
     def exec(
@@ -83,6 +90,12 @@ class Sandbox(abc.ABC):
         target = self._inside(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
+        if self.owner_uid is not None:  # so that the sandboxed user may change it
+            root = self.workspace.resolve()
+            for p in [target, *target.parents]:
+                if p == root:
+                    break
+                os.chown(p, self.owner_uid, self.owner_uid)
 
     def list_files(self) -> list[str]:
         """Every regular file in the workspace, as sorted relative paths."""
@@ -122,3 +135,68 @@ class Sandbox(abc.ABC):
         if target != root and root not in target.parents:
             raise SandboxError(f"'{path}' is outside the workspace.")
         return target
+
+
+class ExecutorSandbox(Sandbox):
+    """A sandbox whose commands go to trajgym's executor running inside it (``executor.py``).
+
+    Subclasses provide the transport (send bytes, read a line) and a way to start a fresh
+    executor; the request / answer protocol and the recovery live here.
+    """
+
+    limits: SandboxLimits
+    resets: int = 0  # executors restarted after a command killed or stalled them
+
+    @abc.abstractmethod
+    def _send(self, data: bytes) -> None:
+        """Write to the executor's stdin."""
+
+    @abc.abstractmethod
+    def _read_line(self, timeout: float) -> bytes | None:
+        """One line of the executor's stdout, or None on EOF or timeout."""
+
+    @abc.abstractmethod
+    def _restart_executor(self) -> None:
+        """Replace a dead or stalled executor (the workspace stays)."""
+
+    def _await_ready(self, timeout: float) -> None:
+        ready = _parse(self._read_line(timeout))
+        if ready is None or not ready.get("ready"):
+            raise SandboxError("The sandbox's executor did not start.")
+
+    def _ask_executor(self, argv: list[str], stdin: str, wall: float) -> ExecResult:
+        """Run one command through the executor; a forged or missing answer resets it."""
+        nonce = secrets.token_hex(8)
+        request = {
+            "nonce": nonce,
+            "argv": argv,
+            "stdin": stdin,
+            "timeout": wall,
+            "output_bytes": self.limits.output_bytes,
+        }
+        started = time.perf_counter()
+        line = None
+        with contextlib.suppress(OSError):
+            self._send((json.dumps(request) + "\n").encode())
+            line = self._read_line(wall + 5.0)
+        answer = _parse(line)
+        if answer is None or answer.pop("nonce", None) != nonce:
+            # The command killed its executor (same uid), or it hung: start a fresh one.
+            self.resets += 1
+            self._restart_executor()
+            return ExecResult(
+                exit_code=-9,
+                stdout="",
+                stderr="The command killed or stalled the sandbox; it was restarted.\n",
+                timed_out=time.perf_counter() - started >= wall,
+                duration_s=time.perf_counter() - started,
+            )
+        return ExecResult(**answer)
+
+
+def _parse(line: bytes | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line) if line is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -13,10 +13,8 @@ started containers ready so that acquiring one is fast.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
-import secrets
 import select
 import shutil
 import tempfile
@@ -25,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trajgym.tools.sandbox.base import ExecResult, Sandbox, SandboxError, SandboxLimits
+from trajgym.tools.sandbox.base import ExecResult, ExecutorSandbox, SandboxLimits
 
 DEFAULT_IMAGE = os.environ.get("TRAJGYM_SANDBOX_IMAGE", "trajgym-sandbox:bookworm")
 LABEL = "trajgym.sandbox.owner"
@@ -47,7 +45,7 @@ def docker_available(image: str = DEFAULT_IMAGE) -> str | None:
     return None
 
 
-class DockerSandbox(Sandbox):
+class DockerSandbox(ExecutorSandbox):
     """A container for one episode (see the module docstring)."""
 
     def __init__(
@@ -65,25 +63,26 @@ class DockerSandbox(Sandbox):
         self.workspace = Path(tempfile.mkdtemp(prefix="trajgym-ws-"))
         if os.geteuid() == 0:
             os.chown(self.workspace, _UID, _UID)
+            self.owner_uid = _UID
+        self.image, self.network = image, network
         self.container: Any = None
         self._buffer = b""
-        self.resets = 0
         try:
-            self._start(image, network)
+            self._start()
         except BaseException:
             self.close()
             raise
 
-    def _start(self, image: str, network: bool) -> None:
+    def _start(self) -> None:
         import docker
 
-        lim = self.limits
+        lim, image = self.limits, self.image
         # Created, attached, then started: attaching after the start could miss "ready".
         self.container = self.client.containers.create(
             image,
             ["python3", "-I", "-S", "/run/trajgym-executor.py"],
             stdin_open=True,
-            network_mode="bridge" if network else "none",
+            network_mode="bridge" if self.network else "none",
             mem_limit=f"{lim.memory_mb}m",
             memswap_limit=f"{lim.memory_mb}m",
             pids_limit=lim.processes,
@@ -112,9 +111,7 @@ class DockerSandbox(Sandbox):
         self._raw = self._socket._sock
         self.container.start()
         self._buffer = b""
-        ready = self._read_line(15.0)
-        if ready is None or not json.loads(ready).get("ready"):
-            raise SandboxError("The container's executor did not start.")
+        self._await_ready(15.0)
 
     def exec(
         self, command: str | list[str], stdin: str = "", timeout_s: float | None = None
@@ -122,47 +119,7 @@ class DockerSandbox(Sandbox):
         """Run ``command`` in the container's workspace."""
         self._root()
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
-        wall = timeout_s or self.limits.wall_s
-        nonce = secrets.token_hex(8)
-        request = {
-            "nonce": nonce,
-            "argv": argv,
-            "stdin": stdin,
-            "timeout": wall,
-            "output_bytes": self.limits.output_bytes,
-        }
-        started = time.perf_counter()
-        line = None
-        with contextlib.suppress(OSError):
-            self._raw.sendall((json.dumps(request) + "\n").encode())
-            line = self._read_line(wall + 5.0)
-        try:
-            answer = json.loads(line) if line is not None else None
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict) or answer.pop("nonce", None) != nonce:
-            self.resets += 1
-            image = self.container.image.tags[0] if self.container.image.tags else DEFAULT_IMAGE
-            self._remove_container()
-            self._start(image, network=False)
-            return ExecResult(
-                exit_code=-9,
-                stdout="",
-                stderr="The command killed or stalled the sandbox; it was restarted.\n",
-                timed_out=time.perf_counter() - started >= wall,
-                duration_s=time.perf_counter() - started,
-            )
-        return ExecResult(**answer)
-
-    def write_file(self, path: str, content: str) -> None:
-        """Create or replace a workspace file, owned by the container's user."""
-        super().write_file(path, content)
-        if os.geteuid() == 0:
-            target = self._inside(path)
-            for p in [target, *target.parents]:
-                if p == self.workspace.resolve():
-                    break
-                os.chown(p, _UID, _UID)
+        return self._ask_executor(argv, stdin, timeout_s or self.limits.wall_s)
 
     def close(self) -> None:
         """Remove the container and the workspace (idempotent)."""
@@ -179,6 +136,13 @@ class DockerSandbox(Sandbox):
             with contextlib.suppress(Exception):
                 self.container.remove(force=True)
             self.container = None
+
+    def _send(self, data: bytes) -> None:
+        self._raw.sendall(data)
+
+    def _restart_executor(self) -> None:
+        self._remove_container()  # a fresh container on the same workspace
+        self._start()
 
     def _read_line(self, timeout: float) -> bytes | None:
         """One line of the executor's stdout, from Docker's multiplexed attach stream."""

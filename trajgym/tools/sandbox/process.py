@@ -19,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import json
 import logging
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -31,9 +29,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
 
-from trajgym.tools.sandbox.base import ExecResult, Sandbox, SandboxError, SandboxLimits
+from trajgym.tools.sandbox.base import ExecResult, ExecutorSandbox, SandboxError, SandboxLimits
+from trajgym.tools.sandbox.executor import head
 
 log = logging.getLogger(__name__)
 # Each sandbox runs as its own unprivileged uid: the process limit counts per uid, so that
@@ -61,7 +59,7 @@ def isolation() -> dict[str, bool]:
     }
 
 
-class ProcessSandbox(Sandbox):
+class ProcessSandbox(ExecutorSandbox):
     """A workspace plus isolated command execution on this machine."""
 
     def __init__(
@@ -86,6 +84,8 @@ class ProcessSandbox(Sandbox):
         self._strong = not missing
         with _UID_LOCK:
             self.uid = next(_UIDS) if self._root_user else os.geteuid()
+        self.owner_uid = self.uid if self._root_user else None
+        self._bwrap = shutil.which("bwrap")
         self.workspace = Path(tempfile.mkdtemp(prefix="trajgym-ws-"))
         self._mounted = False
         if self._root_user and self.isolation["workspace size limit (tmpfs, needs root)"]:
@@ -101,7 +101,6 @@ class ProcessSandbox(Sandbox):
         self.warm = warm and self._strong
         self._executor: subprocess.Popen[bytes] | None = None
         self._buffer = b""
-        self.resets = 0  # executors restarted after a command killed or hung them
         if self.warm:
             try:
                 self._start_executor()
@@ -117,7 +116,7 @@ class ProcessSandbox(Sandbox):
         command = ["/bin/sh", "-c", command] if isinstance(command, str) else command
         wall = timeout_s or self.limits.wall_s
         if self.warm:
-            return self._exec_warm(command, stdin, wall)
+            return self._ask_executor(command, stdin, wall)
         argv = self._argv(command)
         started = time.perf_counter()
         # Output goes to files, not pipes: a command printing gigabytes meets the file-size
@@ -138,8 +137,8 @@ class ProcessSandbox(Sandbox):
                 timed_out = True
                 os.killpg(proc.pid, signal.SIGKILL)  # bwrap dies; its namespace with it
                 proc.wait()
-            stdout, cut_out = _head(out, self.limits.output_bytes)
-            stderr, cut_err = _head(err, self.limits.output_bytes)
+            stdout, cut_out = head(out, self.limits.output_bytes)
+            stderr, cut_err = head(err, self.limits.output_bytes)
         return ExecResult(
             exit_code=proc.returncode,
             stdout=stdout,
@@ -148,16 +147,6 @@ class ProcessSandbox(Sandbox):
             truncated=cut_out or cut_err,
             duration_s=time.perf_counter() - started,
         )
-
-    def write_file(self, path: str, content: str) -> None:
-        """Create or replace a workspace file, owned by the sandbox user."""
-        super().write_file(path, content)
-        if self._root_user:
-            target = self._inside(path)
-            for p in [target, *target.parents]:
-                if p == self.workspace.resolve():
-                    break
-                os.chown(p, self.uid, self.uid)
 
     def close(self) -> None:
         """Remove the workspace (unmounting its tmpfs)."""
@@ -183,10 +172,11 @@ class ProcessSandbox(Sandbox):
             bufsize=0,
         )
         self._buffer = b""
-        ready = self._read_line(10.0)
-        if ready is None or not json.loads(ready).get("ready"):
+        try:
+            self._await_ready(10.0)
+        except SandboxError:
             self._stop_executor()
-            raise SandboxError("The sandbox's executor did not start.")
+            raise
 
     def _stop_executor(self) -> None:
         if self._executor is not None:
@@ -198,35 +188,13 @@ class ProcessSandbox(Sandbox):
                     pipe.close()
             self._executor = None
 
-    def _exec_warm(self, command: list[str], stdin: str, wall: float) -> ExecResult:
+    def _send(self, data: bytes) -> None:
         assert self._executor is not None and self._executor.stdin is not None
-        nonce = secrets.token_hex(8)
-        request = {
-            "nonce": nonce,
-            "argv": command,
-            "stdin": stdin,
-            "timeout": wall,
-            "output_bytes": self.limits.output_bytes,
-        }
-        started = time.perf_counter()
-        line = None
-        with contextlib.suppress(OSError):
-            self._executor.stdin.write((json.dumps(request) + "\n").encode())
-            line = self._read_line(wall + 5.0)
-        answer = _parse(line)
-        if answer is None or answer.pop("nonce", None) != nonce:
-            # The command killed its executor (same uid), or it hung: start a fresh one.
-            self.resets += 1
-            self._stop_executor()
-            self._start_executor()
-            return ExecResult(
-                exit_code=-9,
-                stdout="",
-                stderr="The command killed or stalled the sandbox; it was restarted.\n",
-                timed_out=time.perf_counter() - started >= wall,
-                duration_s=time.perf_counter() - started,
-            )
-        return ExecResult(**answer)
+        self._executor.stdin.write(data)
+
+    def _restart_executor(self) -> None:
+        self._stop_executor()
+        self._start_executor()
 
     def _read_line(self, timeout: float) -> bytes | None:
         """One line from the executor, or None on EOF or timeout."""
@@ -256,7 +224,7 @@ class ProcessSandbox(Sandbox):
             "--core=0",
             "--",
         ]
-        bwrap = shutil.which("bwrap")
+        bwrap = self._bwrap
         if (
             not self.isolation["namespaces (bubblewrap: no network, hidden host files)"]
             or not bwrap
@@ -315,18 +283,3 @@ def _bwrap_argv(bwrap: str, workspace: Path, root: bool, tmp_mb: int = 64) -> li
     argv += ["--proc", "/proc", "--dev", "/dev", "--chdir", "/workspace", "--clearenv"]
     argv += ["--setenv", "PATH", _PATH, "--setenv", "HOME", "/workspace"]
     return argv
-
-
-def _parse(line: bytes | None) -> dict[str, Any] | None:
-    try:
-        value = json.loads(line) if line is not None else None
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _head(stream: IO[bytes], limit: int) -> tuple[str, bool]:
-    """The first ``limit`` bytes of a finished output file, and whether more was written."""
-    stream.seek(0)
-    data = stream.read(limit + 1)
-    return data[:limit].decode(errors="replace"), len(data) > limit
