@@ -23,20 +23,6 @@ from trajgym.trajectories.schema import Action, FunctionCall, Intent, Message, P
 
 _MY = re.compile(r"\bmy\b")
 
-# Which slots the expert must have heard before acting, per task family.
-_NEEDED = {
-    "order_status": ("order_id",),
-    "cancel_pending_order": ("order_id", "reason"),
-    "update_default_address": ("address",),
-    "modify_order_address": ("order_id", "address"),
-    "return_items": ("order_id", "items", "payment"),
-    "exchange_items": ("order_id", "items", "new_items", "payment"),
-    "modify_order_items": ("order_id", "items", "new_items", "payment"),
-    "modify_order_payment": ("order_id", "payment"),
-    "policy_refusal": ("order_id",),
-}
-
-
 def _addressed(slots: dict[str, str]) -> dict[str, str]:
     """The user's facts as the agent says them back ('my card' -> 'your card')."""
     return {k: _MY.sub("your", v) for k, v in slots.items()}
@@ -84,7 +70,8 @@ class ScriptedExpert:
             for action in task.auth_actions:
                 yield self._call(action)
         for intent in task.goal.intents:
-            missing = [s for s in _NEEDED.get(intent.kind, ()) if not self._heard(intent.slots[s])]
+            needs = self.words.get("needs", {}).get(intent.kind, ())
+            missing = [s for s in needs if not self._heard(intent.slots[s])]
             if missing:
                 names = [self.words["slot_names"][s] for s in missing]
                 listed = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
