@@ -18,6 +18,11 @@ gymnasium.register(
     max_episode_steps=60,
 )
 gymnasium.register(
+    id="trajgym/Workspace-v0",
+    entry_point="trajgym.envs.workspace:WorkspaceEnv",
+    max_episode_steps=40,
+)
+gymnasium.register(
     id="trajgym/RetailLite-v0",
     entry_point="trajgym.envs.retail.lite:RetailLiteEnv",
     max_episode_steps=30,

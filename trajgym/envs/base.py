@@ -167,6 +167,9 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
             gold_state_hash=gold_hash,
         )
 
+    def end_episode(self) -> None:
+        """Release what the episode holds (a sandbox, say) once its trajectory is recorded."""
+
     def render(self) -> str | None:
         """With ``render_mode='ansi'``, the transcript as plain text."""
         if self.render_mode != "ansi":

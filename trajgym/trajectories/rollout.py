@@ -80,6 +80,7 @@ def rollout(
             break
         if truncated:
             break
+    base.end_episode()
     task = info["task"]
     return Trajectory(
         env_id=base.env_id,

@@ -116,6 +116,9 @@ class Verdict(Frozen):
     state_match: bool
     outputs: dict[str, bool] = Field(default_factory=dict)
     violations: tuple[str, ...] = ()
+    checks: dict[str, bool] = Field(
+        default_factory=dict, description="Domain checks run on the final state (e.g. tests)."
+    )
     final_state_hash: str = ""
     gold_state_hash: str = ""
 

@@ -17,7 +17,14 @@ import sys
 import tempfile
 import time
 
-ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/workspace", "LANG": "C.UTF-8"}
+# No .pyc files: an edit within the second of an import (same size, same mtime) would
+# otherwise run the stale bytecode.
+ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/workspace",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
 PR_SET_DUMPABLE = 4
 
 

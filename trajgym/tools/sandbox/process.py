@@ -16,6 +16,7 @@ logged when a sandbox starts, and the sandbox refuses to start unless
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import itertools
@@ -28,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from trajgym.tools.sandbox.base import ExecResult, ExecutorSandbox, SandboxError, SandboxLimits
@@ -40,6 +42,15 @@ _UIDS = itertools.cycle(range(200_000, 260_000))
 _UID_LOCK = threading.Lock()
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _EXECUTOR = Path(__file__).with_name("executor.py")
+# Sandboxes nobody closed (an env dropped mid-episode) are closed at exit, so that no
+# workspace mount or folder outlives the process.
+_OPEN: weakref.WeakSet[ProcessSandbox] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_forgotten() -> None:
+    for sandbox in list(_OPEN):
+        sandbox.close()
 
 
 @functools.cache
@@ -98,6 +109,7 @@ class ProcessSandbox(ExecutorSandbox):
             self._mounted = mounted.returncode == 0
         if self._root_user and not self._mounted:
             os.chown(self.workspace, self.uid, self.uid)
+        _OPEN.add(self)
         self.warm = warm and self._strong
         self._executor: subprocess.Popen[bytes] | None = None
         self._buffer = b""
@@ -282,4 +294,5 @@ def _bwrap_argv(bwrap: str, workspace: Path, root: bool, tmp_mb: int = 64) -> li
     ]
     argv += ["--proc", "/proc", "--dev", "/dev", "--chdir", "/workspace", "--clearenv"]
     argv += ["--setenv", "PATH", _PATH, "--setenv", "HOME", "/workspace"]
+    argv += ["--setenv", "PYTHONDONTWRITEBYTECODE", "1"]  # see executor.ENV
     return argv
