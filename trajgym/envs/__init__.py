@@ -27,6 +27,11 @@ gymnasium.register(
     entry_point="trajgym.envs.retail.lite:RetailLiteEnv",
     max_episode_steps=30,
 )
+gymnasium.register(
+    id="trajgym/Airline-v0",
+    entry_point="trajgym.envs.airline:AirlineEnv",
+    max_episode_steps=60,
+)
 
 
 def env_ids() -> list[str]:

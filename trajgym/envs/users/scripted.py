@@ -30,6 +30,18 @@ _SLOT_QUESTIONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("new_items", r"\b(new|which|what) (option|variant|colou?r|size|version)s?\b|\binstead\b"),
         ("payment", r"payment|\bcard\b|paypal|refund (to|method)|pay (for|with)"),
         ("address", r"address"),
+        # The Airline desk's slots: worded so that they never match a Retail question.
+        ("user_id", r"\buser ?id\b"),
+        ("reservation_id", r"\breservation (id|number|code)\b|\bwhich (reservation|booking)\b"),
+        ("flight_number", r"\bflight number\b"),
+        ("date", r"\bdate\b|\bwhat day\b"),
+        ("origin", r"\bfly(ing)? from\b"),
+        ("destination", r"\bfly(ing)? to\b|\bdestination\b"),
+        ("cabin", r"\bcabin\b"),
+        ("flight", r"\b(which|what) flight\b(?! number)"),
+        ("passengers", r"\bwho (is|will be) travel|\bpassengers?\b"),
+        ("bags", r"\bbags?\b|\bbaggages?\b|\bluggage\b"),
+        ("insurance", r"\binsurance\b"),
     )
 )
 _FACT_PHRASES = {
@@ -41,6 +53,17 @@ _FACT_PHRASES = {
     "new_items": "I'd like {new_items} instead",
     "payment": "please use {payment}",
     "address": "the address is {address}",
+    "user_id": "my user id is {user_id}",
+    "reservation_id": "the reservation id is {reservation_id}",
+    "flight_number": "the flight number is {flight_number}",
+    "date": "the date is {date}",
+    "origin": "I'm flying from {origin}",
+    "destination": "I'm flying to {destination}",
+    "cabin": "the cabin is {cabin}",
+    "flight": "I'll take {flight}",
+    "passengers": "I need {passengers}",
+    "bags": "I'll have {bags}",
+    "insurance": "I'd like it {insurance}",
 }
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

@@ -1,0 +1,41 @@
+"""The Airline reservations domain (``trajgym/Airline-v0``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, ClassVar
+
+from trajgym.envs.airline.state import AirlineState
+from trajgym.envs.airline.tasks import ENV_ID, make_tasks
+from trajgym.envs.airline.tools import AIRLINE_TOOLKIT
+from trajgym.envs.airline.world import make_world
+from trajgym.envs.base import ToolEnv
+from trajgym.tools import Toolkit
+from trajgym.trajectories.schema import Task
+
+
+class AirlineEnv(ToolEnv[AirlineState]):
+    """An airline's reservations desk: flight status, bookings, cancellations, cabins, bags."""
+
+    env_id: ClassVar[str] = ENV_ID
+    version: ClassVar[int] = 0
+    toolkit: ClassVar[Toolkit[Any]] = AIRLINE_TOOLKIT
+    system_prompt: ClassVar[str] = resources.files(__package__).joinpath("policy.md").read_text()
+
+    def __init__(self, split: str = "train", world_seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(split=split, **kwargs)
+        self.world_seed = world_seed
+        self.world = make_world(world_seed)
+
+    def tasks(self, split: str) -> Sequence[Task]:
+        """Every task of ``split`` for this world."""
+        return make_tasks(split, self.world_seed)  # split checked by ToolEnv
+
+    def new_state(self, task: Task) -> AirlineState:
+        """An empty overlay over the shared world: O(1)."""
+        return AirlineState(self.world)
+
+    def digest(self, state: AirlineState) -> str:
+        """The overlay's canonical hash."""
+        return state.digest()
