@@ -111,3 +111,14 @@ def test_tools_render_as_signatures_in_python_and_template() -> None:
         [m.to_openai() for m in messages], tools=[book.schema], tokenize=False
     )
     assert rendered == expected
+
+
+def test_arguments_are_kept_as_written_so_the_next_prompt_shows_the_same_text() -> None:
+    written = (
+        '<tool_call>{"name": "get_order_details", "arguments": {"order_id":"#W1"}}</tool_call>'
+    )
+    message = parse_reply(written)
+    assert message.tool_calls is not None
+    assert message.tool_calls[0].function.arguments == '{"order_id":"#W1"}'
+    [rendered] = to_text_messages([message], tools=[])
+    assert rendered["content"] == written  # the model reads back exactly what it wrote

@@ -205,12 +205,19 @@ def evaluate(
     ] = None,
     student: Annotated[str | None, typer.Option(help="Student model path or id.")] = None,
     adapter: Annotated[str | None, typer.Option(help="peft adapter for the student.")] = None,
-    split: Annotated[str, typer.Option(help="train, test or ood.")] = "test",
+    split: Annotated[
+        str | None, typer.Option(help="train, test or ood [default: the config's, else test].")
+    ] = None,
     num_tasks: Annotated[int | None, typer.Option(help="First N tasks per env.")] = None,
-    k: Annotated[int, typer.Option(help="Samples per task (pass@k, pass^k).")] = 1,
-    output: Annotated[str, typer.Option("--output", "-o", help="Trajectories JSONL.")] = (
-        "runs/eval/trajectories.jsonl"
-    ),
+    k: Annotated[int | None, typer.Option(help="Samples per task (pass@k, pass^k).")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Trajectories JSONL [default: the config's, else runs/eval/trajectories.jsonl].",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate an agent in an environment: success (95% CI), pass@k, pass^k, breakdowns.
 
@@ -222,17 +229,20 @@ def evaluate(
     from trajgym.trajectories.generate import generate as run_generation
     from trajgym.trajectories.store import read_trajectories
 
-    flags = {
+    # A flag given wins over the config file; without a file, evaluation defaults apply.
+    defaults = {} if config else {"split": "test", "output": "runs/eval/trajectories.jsonl"}
+    flags = defaults | {
         "teacher.kind": agent,
         "teacher.student": student,
         "teacher.adapter": adapter,
         "num_tasks": num_tasks,
+        "samples_per_task": k,
     }
+    flags |= {key: value for key, value in {"split": split, "output": output}.items() if value}
     overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    overrides += [f"split={split}", f"samples_per_task={k}", f"output={output}"]
     cfg = load_config(GenerateConfig, config, [*overrides, *(set_ or [])])
     run_generation(cfg, show_progress=True)
-    metrics = summarize(read_trajectories(cfg.output), k)
+    metrics = summarize(read_trajectories(cfg.output), cfg.samples_per_task)
     cfg.output.with_suffix(".eval.json").write_text(json.dumps(metrics, indent=1))
     table = Table("metric", "value", title=f"{cfg.teacher.kind} on {cfg.split}")
     for key, value in metrics.items():
@@ -314,6 +324,34 @@ def train_sft(
         f"trained {summary['steps']} steps on {summary['examples']} trajectories "
         f"({summary['tokens']:,} tokens); loss {first:.3f} -> {last:.3f}; saved {summary['final']}"
     )
+
+
+@train_app.command("rl")
+def train_rl(
+    config: Annotated[str | None, typer.Argument(help="YAML config (RLConfig).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: a.b=value.")
+    ] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where to write the run.")] = None,
+) -> None:
+    """Multi-turn GRPO in the environments, rewarded by their verification (LoRA or full).
+
+    Resumes from output_dir/checkpoint when it exists; runs under `accelerate launch` too.
+    """
+    from trajgym.config import load_config
+    from trajgym.train.rl import RLConfig, train
+
+    overrides = list(set_ or [])
+    if output_dir:
+        overrides.append(f"output_dir={output_dir}")
+    summary = train(load_config(RLConfig, config, overrides))
+    history = summary["history"]
+    if history:
+        first, last = history[0], history[-1]
+        console.print(
+            f"{summary['steps']} GRPO steps; reward {first['reward']:.3f} -> {last['reward']:.3f}, "
+            f"success {first['success']:.1%} -> {last['success']:.1%}; saved {summary['final']}"
+        )
 
 
 def _make_agent(name: str) -> Agent:

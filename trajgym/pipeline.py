@@ -1,10 +1,11 @@
 """The main job in one command: harvest with the teacher, train the student, compare them.
 
-``trajgym run configs/quickstart.yaml`` runs four stages into one folder: harvest teacher
-trajectories on the train split, SFT the student on the verified ones, evaluate the teacher,
-the base student and the trained student on the held-out splits, and write a report
-(Markdown table, JSON, plot). Every stage resumes: re-running the command after a crash
-skips finished work (the stores are keyed, SFT restarts from its checkpoint).
+``trajgym run configs/quickstart.yaml`` runs its stages into one folder: harvest teacher
+trajectories on the train split, SFT the student on the verified ones, optionally improve it
+with GRPO in the environment (RL), evaluate the teacher, the base student, the SFT student
+(and the SFT+RL student) on the held-out splits, and write a report (Markdown tables, JSON,
+plot). Every stage resumes: re-running the command after a crash skips finished work (the
+stores are keyed, SFT and RL restart from their checkpoints).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trajgym.train.rl import RLConfig
 from trajgym.train.sft import SFTConfig
 from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate
 
@@ -59,20 +61,24 @@ class PipelineConfig(BaseModel):
     sft: dict[str, Any] = Field(
         default_factory=dict, description="SFTConfig fields (data and output_dir are set here)."
     )
-    eval: EvalStage = Field(default_factory=lambda: EvalStage(), description="Stage 3.")
+    rl: dict[str, Any] | None = Field(
+        None, description="RLConfig fields to run GRPO after SFT (None: no RL stage)."
+    )
+    eval: EvalStage = Field(default_factory=lambda: EvalStage(), description="Last stage.")
     smoke: list[str] = Field(
         default_factory=list, description="Overrides (key=value) applied by --smoke."
     )
 
     @model_validator(mode="after")
-    def _sft_is_valid(self) -> PipelineConfig:
-        try:
-            self.sft_config()  # fail at load time, not after the harvest
-        except ValidationError as e:
-            problems = "; ".join(
-                f"sft.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
-            )
-            raise ValueError(problems) from None
+    def _stages_are_valid(self) -> PipelineConfig:
+        for stage, build in (("sft", self.sft_config), ("rl", self.rl_config)):
+            try:
+                build()  # fail at load time, not after the harvest
+            except ValidationError as e:
+                problems = "; ".join(
+                    f"{stage}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+                )
+                raise ValueError(problems) from None
         return self
 
     def sft_config(self) -> SFTConfig:
@@ -80,6 +86,20 @@ class PipelineConfig(BaseModel):
         fields = {"seed": self.seed, **self.sft}
         fields |= {"data": [self.harvest_path], "output_dir": self.output_dir / "sft"}
         return SFTConfig.model_validate(fields)
+
+    def rl_config(self) -> RLConfig | None:
+        """The RL stage's full config: it starts from the SFT student."""
+        if self.rl is None:
+            return None
+        sft = self.sft_config()
+        start = (
+            {"model": sft.model, "adapter": sft.output_dir / "adapter"}
+            if sft.lora
+            else {"model": str(sft.output_dir / "model")}
+        )
+        fields = {"seed": self.seed, "envs": [self.env], **self.rl}
+        fields |= start | {"output_dir": self.output_dir / "rl"}
+        return RLConfig.model_validate(fields)
 
     @property
     def harvest_path(self) -> Path:
@@ -108,8 +128,20 @@ def run(config: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
         sft_summary = train(sft)
     timings["sft_s"] = time.perf_counter() - started
 
+    rl, rl_summary = config.rl_config(), None
+    if rl is not None:
+        started = time.perf_counter()
+        summary_path = rl.output_dir / "summary.json"
+        if summary_path.exists():
+            rl_summary = json.loads(summary_path.read_text())
+        else:
+            from trajgym.train.rl import train as train_rl
+
+            rl_summary = train_rl(rl)
+        timings["rl_s"] = time.perf_counter() - started
+
     results: dict[str, dict[str, Any]] = {}
-    for name, agent in _agents(config, sft).items():
+    for name, agent in _agents(config, sft, rl).items():
         for split in config.eval.splits:
             started = time.perf_counter()
             results.setdefault(name, {})[split] = _evaluate(
@@ -121,6 +153,7 @@ def run(config: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
         "k": config.eval.k,
         "harvest": {"episodes": harvest.written + harvest.skipped, "successes": harvest.successes},
         "sft": {k: sft_summary.get(k) for k in ("steps", "tokens", "examples", "tokens_per_s")},
+        "rl": _rl_report(rl_summary),
         "results": results,
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -144,15 +177,22 @@ def _harvest_config(config: PipelineConfig) -> GenerateConfig:
     )
 
 
-def _agents(config: PipelineConfig, sft: SFTConfig) -> dict[str, AgentSpec]:
-    """The teacher (optionally), the base student and the trained student."""
+def _agents(config: PipelineConfig, sft: SFTConfig, rl: RLConfig | None) -> dict[str, AgentSpec]:
+    """The teacher (optionally), the base student, the SFT student, the SFT+RL student."""
     tokens = config.eval.max_new_tokens
     base = AgentSpec(kind="student", student=sft.model, max_new_tokens=tokens)
     if sft.lora:
         trained = base.model_copy(update={"adapter": str(sft.output_dir / "adapter")})
     else:
         trained = base.model_copy(update={"student": str(sft.output_dir / "model")})
-    agents = {"base student": base, "trained student": trained}
+    agents = {"base student": base, "sft student": trained}
+    if rl is not None:
+        final = rl.output_dir / ("adapter" if rl.lora or rl.adapter else "model")
+        agents["rl student"] = (
+            base.model_copy(update={"student": rl.model, "adapter": str(final)})
+            if rl.lora or rl.adapter
+            else base.model_copy(update={"student": str(final)})
+        )
     if config.eval.teacher:
         agents = {"teacher": config.harvest.teacher, **agents}
     return agents
@@ -185,6 +225,18 @@ def _evaluate(
     return metrics
 
 
+def _rl_report(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    if summary is None or not summary.get("history"):
+        return None
+    history = summary["history"]
+    return {
+        "steps": summary["steps"],
+        "episodes": sum(h["episodes"] for h in history),
+        "first_reward": history[0]["reward"],
+        "last_reward": history[-1]["reward"],
+    }
+
+
 # Report -------------------------------------------------------------------------------------
 
 
@@ -207,7 +259,13 @@ def render_report(report: dict[str, Any]) -> str:
         f"Harvested {report['harvest']['episodes']} teacher episodes "
         f"({report['harvest']['successes']} verified); SFT: {report['sft']['steps']} steps over "
         f"{report['sft']['examples']} conversations, {report['sft']['tokens']} tokens "
-        f"({report['sft']['tokens_per_s']} tokens/s).",
+        f"({report['sft']['tokens_per_s']} tokens/s)."
+        + (
+            f" RL: {report['rl']['steps']} GRPO steps over {report['rl']['episodes']} episodes, "
+            f"mean reward {report['rl']['first_reward']:.2f} -> {report['rl']['last_reward']:.2f}."
+            if report.get("rl")
+            else ""
+        ),
         "",
         f"| agent | split | tasks | success | 95% CI | pass@{k} | pass^{k} | turns | tool calls "
         "| invalid calls | errors |",
@@ -222,6 +280,15 @@ def render_report(report: dict[str, Any]) -> str:
                 f"{m['avg_turns']:.1f} | {m['avg_tool_calls']:.1f} | "
                 f"{m['avg_invalid_tool_calls']:.1f} | {m['errors']} |"
             )
+    lines += ["", "Success by task family:", "", "| agent | split | family | episodes | success |"]
+    lines += ["|---|---|---|---|---|"]
+    for agent, by_split in results.items():
+        for split, m in by_split.items():
+            for family, row in m["by_family"].items():
+                lines.append(
+                    f"| {agent} | {split} | {family} | {row['episodes']} | "
+                    f"{row['success_rate']:.1%} |"
+                )
     lines += [
         "",
         "Seconds per stage: " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()),

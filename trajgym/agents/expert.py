@@ -23,6 +23,7 @@ from trajgym.trajectories.schema import Action, FunctionCall, Intent, Message, P
 
 _MY = re.compile(r"\bmy\b")
 
+
 def _addressed(slots: dict[str, str]) -> dict[str, str]:
     """The user's facts as the agent says them back ('my card' -> 'your card')."""
     return {k: _MY.sub("your", v) for k, v in slots.items()}

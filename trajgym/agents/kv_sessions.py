@@ -38,7 +38,9 @@ class SessionGenerator:
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
         self.reused_tokens = 0  # prompt tokens served from a cache, for inspection
         self.computed_tokens = 0
-        names = inspect.signature(model.forward).parameters
+        # A peft model passes extra arguments through: ask the model underneath.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        names = inspect.signature(base.forward).parameters
         self._cache_arg = "cache" if "cache" in names else "past_key_values"
 
     def forget(self, session: str) -> None:
@@ -47,20 +49,25 @@ class SessionGenerator:
 
     def generate(
         self,
-        requests: list[tuple[str, str]],
+        requests: list[tuple[str, str | list[int]]],
         max_new_tokens: int,
         temperature: float = 0.0,
         top_p: float = 1.0,
         generator: Any = None,
         stop_at_eos: bool = True,
     ) -> list[Generated]:
-        """Reply to each ``(session, rendered prompt)``; sessions in one call must differ.
+        """Reply to each ``(session, rendered prompt or its token ids)``; sessions must differ.
 
         ``stop_at_eos=False`` always generates ``max_new_tokens`` (for benchmarks).
         """
         import torch
 
-        prompts = [self.tokenizer(p, add_special_tokens=False).input_ids for _, p in requests]
+        prompts = [
+            list(p)
+            if isinstance(p, list)
+            else self.tokenizer(p, add_special_tokens=False).input_ids
+            for _, p in requests
+        ]
         starts = [self._reusable(key, ids) for (key, _), ids in zip(requests, prompts, strict=True)]
         reuse = [n for _, n in starts]
         past_w = max(reuse)
@@ -82,6 +89,7 @@ class SessionGenerator:
         cache = self._padded_cache(starts, past_w)
         finished = [False] * rows
         generated: list[list[int]] = [[] for _ in range(rows)]
+        logprobs: list[list[float]] = [[] for _ in range(rows)]
         eos = self.tokenizer.eos_token_id if stop_at_eos else None
         step_ids, step_pos = input_ids.to(device), positions.to(device)
         attention = attention.to(device)
@@ -97,10 +105,13 @@ class SessionGenerator:
                     **{self._cache_arg: cache},
                 )
                 cache = getattr(out, self._cache_arg)
-                token = _pick(out.logits[:, -1].float(), temperature, top_p, generator)
+                logits = out.logits[:, -1].float()
+                token = _pick(logits, temperature, top_p, generator)
+                chosen = _logprob(logits, token, temperature).tolist()
                 for i, t in enumerate(token.tolist()):
                     if not finished[i]:
                         generated[i].append(t)
+                        logprobs[i].append(chosen[i])
                         finished[i] = t == eos
                 if all(finished) or step == max_new_tokens - 1:
                     break
@@ -109,8 +120,15 @@ class SessionGenerator:
                 attention = torch.cat([attention, attention.new_ones((rows, 1))], dim=1)
         self._store(requests, prompts, generated, cache, attention, past_w + new_w)
         return [
-            Generated(self.tokenizer.decode(g, skip_special_tokens=True), len(ids), len(g))
-            for ids, g in zip(prompts, generated, strict=True)
+            Generated(
+                self.tokenizer.decode(g, skip_special_tokens=True),
+                len(ids),
+                len(g),
+                tuple(ids),
+                tuple(g),
+                tuple(lp),
+            )
+            for ids, g, lp in zip(prompts, generated, logprobs, strict=True)
         ]
 
     # Cache bookkeeping -------------------------------------------------------------------
@@ -151,7 +169,7 @@ class SessionGenerator:
 
     def _store(
         self,
-        requests: list[tuple[str, str]],
+        requests: list[tuple[str, str | list[int]]],
         prompts: list[list[int]],
         generated: list[list[int]],
         cache: Any,
@@ -172,6 +190,14 @@ class SessionGenerator:
             self.sessions.move_to_end(key)
         while len(self.sessions) > self.max_sessions:
             self.sessions.popitem(last=False)
+
+
+def _logprob(logits: Any, token: Any, temperature: float) -> Any:
+    """Each chosen token's log-probability at the sampling temperature (1 when greedy)."""
+    import torch
+
+    scaled = logits / temperature if temperature > 0 else logits
+    return torch.log_softmax(scaled, dim=-1).gather(-1, token[:, None]).squeeze(-1)
 
 
 def _pick(logits: Any, temperature: float, top_p: float, generator: Any) -> Any:

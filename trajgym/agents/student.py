@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajgym.agents.base import EpisodeContext
-from trajgym.agents.batching import Batcher
+from trajgym.agents.batching import Generated, ReplySource
 from trajgym.agents.kv_sessions import SessionGenerator
 from trajgym.agents.tool_text import parse_reply
 from trajgym.trajectories.schema import Message, Provenance, Usage
@@ -43,7 +43,7 @@ class StudentAgent:
         tokenizer: Any,
         config: StudentConfig | None = None,
         name: str = "student",
-        batcher: Batcher | None = None,
+        batcher: ReplySource | None = None,
     ) -> None:
         self.model = model
         self.batcher = batcher
@@ -56,6 +56,7 @@ class StudentAgent:
         self._turn = 0
         self._episodes = 0
         self._session = ""
+        self.turns: list[Generated] = []  # this episode's generations, tokens and log-probs
         self._own = None if batcher is not None else SessionGenerator(model, tokenizer, 1)
 
     @property
@@ -75,6 +76,7 @@ class StudentAgent:
         self._seed = self.config.seed if self.config.seed is not None else context.seed
         self.usage = Usage()
         self._turn = 0
+        self.turns = []
         self._forget()
         self._episodes += 1
         self._session = f"{id(self)}-{self._episodes}"
@@ -104,6 +106,7 @@ class StudentAgent:
             [reply] = self._own.generate(
                 [(self._session, prompt)], c.max_new_tokens, c.temperature, c.top_p, rng
             )
+        self.turns.append(reply)
         self.usage = self.usage + Usage(
             prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens
         )

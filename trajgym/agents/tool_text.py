@@ -124,14 +124,33 @@ def _to_call(body: str, call_id: str) -> ToolCall:
     except json.JSONDecodeError:
         value = None
     if isinstance(value, dict) and isinstance(value.get("name"), str):
-        args = value.get("arguments", value.get("parameters", {}))
-        arguments = args if isinstance(args, str) else json.dumps(args)
+        key = "arguments" if "arguments" in value else "parameters"
+        args = value.get(key, {})
+        arguments = args if isinstance(args, str) else _as_written(body, key, args)
         return ToolCall(id=call_id, function=FunctionCall(name=value["name"], arguments=arguments))
     # Unreadable: keep the text as the arguments so that the env reports what is wrong.
     name = _NAME.search(body)
     return ToolCall(
         id=call_id, function=FunctionCall(name=name.group(1) if name else "", arguments=body)
     )
+
+
+def _as_written(body: str, key: str, value: object) -> str:
+    """The JSON of ``key``'s value exactly as the model wrote it (spacing included).
+
+    The conversation is rendered back to the model on the next turn: re-serialized arguments
+    (`{"a": 1}` for a written `{"a":1}`) would show it a history it never wrote, and break
+    the token prefix that RL's turns share.
+    """
+    found = re.search(rf'"{key}"\s*:\s*', body)
+    if found:
+        try:
+            parsed, end = json.JSONDecoder().raw_decode(body, found.end())
+        except json.JSONDecodeError:
+            parsed, end = None, 0
+        if parsed == value:
+            return body[found.end() : end]
+    return json.dumps(value)
 
 
 def to_text_messages(

@@ -36,8 +36,8 @@ def summarize(trajectories: Iterable[Trajectory], k: int, seed: int = 0) -> dict
         "by_family": _breakdown(scored, "family"),
         "by_persona": _breakdown(scored, "persona"),
         "avg_turns": _mean(sum(m.role == "assistant" for m in t.messages) for t in scored),
-        "avg_tool_calls": _mean(_calls(t) for t in scored),
-        "avg_invalid_tool_calls": _mean(_errors(t, _INVALID) for t in scored),
+        "avg_tool_calls": _mean(tool_calls(t) for t in scored),
+        "avg_invalid_tool_calls": _mean(invalid_tool_calls(t) for t in scored),
         "avg_tool_errors": _mean(_errors(t, ("Error:",)) for t in scored),
     }
 
@@ -89,8 +89,14 @@ def _breakdown(trajectories: list[Trajectory], field: str) -> dict[str, dict[str
     }
 
 
-def _calls(t: Trajectory) -> int:
+def tool_calls(t: Trajectory) -> int:
+    """How many tool calls the agent made."""
     return sum(len(m.tool_calls or ()) for m in t.messages)
+
+
+def invalid_tool_calls(t: Trajectory) -> int:
+    """Calls the toolkit could not run: unknown tool, unreadable or wrong arguments."""
+    return _errors(t, _INVALID)
 
 
 # Calls the toolkit could not even run (as opposed to a tool refusing a valid request).

@@ -5,13 +5,17 @@ trained on; system, user and tool tokens never are. The spans are found from the
 template itself, so any template works: for each assistant message, the conversation up to
 it is rendered with the generation prompt, then with the message; the difference is what
 the assistant wrote. The spans are mapped to tokens through the tokenizer's offsets.
+
+RL needs no search: a rollout records the tokens the model read and wrote, so
+:func:`generated_sequences` marks exactly the written ones, with their sampling log-probs.
+On a prefix-stable template both functions mark the same tokens (tested).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from trajgym.errors import TrajgymError
 
@@ -91,3 +95,56 @@ def tokenize_with_masks(
     if max_length is not None:
         ids, mask = ids[:max_length], mask[:max_length]
     return Tokenized(ids, mask)
+
+
+class Generation(Protocol):
+    """One turn of a rollout: the tokens the model read, wrote, and their log-probs."""
+
+    @property
+    def prompt_ids(self) -> tuple[int, ...]:
+        """The tokens the model read."""
+        ...
+
+    @property
+    def token_ids(self) -> tuple[int, ...]:
+        """The tokens it wrote."""
+        ...
+
+    @property
+    def logprobs(self) -> tuple[float, ...]:
+        """Each written token's log-probability when sampled."""
+        ...
+
+
+@dataclass(frozen=True)
+class Sampled(Tokenized):
+    """A rollout sequence: tokens, the mask of the model's own, their sampling log-probs."""
+
+    old_logprobs: list[float]
+
+
+def generated_sequences(turns: Sequence[Generation]) -> list[Sampled]:
+    """An episode's turns as training sequences, the model's own tokens carrying loss.
+
+    While each turn's prompt begins with everything before it (the previous prompt and
+    reply, as on a prefix-stable template), the turns form one sequence, trained in one
+    forward pass. Where a prompt does not (a reply the template re-rendered differently), a
+    new sequence starts: no token is ever trained in a context the model did not read.
+    """
+    sequences: list[Sampled] = []
+    ids: list[int] = []
+    mask: list[int] = []
+    old: list[float] = []
+    for turn in turns:
+        prompt = list(turn.prompt_ids)
+        if ids and prompt[: len(ids)] != ids:
+            sequences.append(Sampled(ids, mask, old))
+            ids, mask, old = [], [], []
+        new = prompt[len(ids) :]
+        ids, mask, old = ids + new, mask + [0] * len(new), old + [0.0] * len(new)
+        ids += turn.token_ids
+        mask += [1] * len(turn.token_ids)
+        old += turn.logprobs
+    if ids:
+        sequences.append(Sampled(ids, mask, old))
+    return sequences

@@ -17,32 +17,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from trajgym.agents.models import DEFAULT_STUDENT, load_student
 from trajgym.config import save_config
 from trajgym.errors import ConfigError
+from trajgym.train.common import (
+    ModelTraining,
+    load_checkpoint,
+    plot_curves,
+    prepare_model,
+    save_checkpoint,
+)
 from trajgym.train.masks import IGNORE_INDEX, tokenize_with_masks
 from trajgym.trajectories.store import read_trajectories
 
 
-class SFTConfig(BaseModel):
+class SFTConfig(ModelTraining):
     """An SFT run."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: list[Path] = Field(description="Trajectory JSONL files.")
     min_reward: float | None = Field(1.0, description="Train only on rewards >= this (None: all).")
-    model: str = Field(DEFAULT_STUDENT, description="HF model path or id; default: SmolLM2-135M.")
     output_dir: Path = Field(Path("runs/sft"), description="Checkpoints, adapter, curve, config.")
-    lora: bool = Field(True, description="Train a LoRA adapter (False: full fine-tune).")
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
-    lora_targets: list[str] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Module names that get adapters.",
-    )
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay.")
     warmup_ratio: float = Field(0.05, ge=0, le=1, description="Share of steps warming up.")
@@ -52,10 +48,6 @@ class SFTConfig(BaseModel):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(4096, ge=16, description="Longer sequences are truncated.")
     bucket_by_length: bool = Field(True, description="Batch sequences of similar length.")
-    seed: int = Field(0, description="Shuffling and initialisation seed.")
-    bf16: bool = Field(False, description="bf16 autocast (GPU).")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (GPU).")
-    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
 
 
 # Data ---------------------------------------------------------------------------------------
@@ -133,23 +125,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
         gradient_accumulation_steps=config.grad_accum,
         mixed_precision="bf16" if config.bf16 else "no",
     )
-    model, tokenizer = load_student(config.model, device=str(accelerator.device))
-    model.train()
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if config.lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=0.0,
-                target_modules=config.lora_targets,
-                task_type="CAUSAL_LM",
-            ),
-        )
+    model, tokenizer = prepare_model(config, str(accelerator.device))
     examples = load_examples(config, tokenizer)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_epoch = math.ceil(len(examples) / config.batch_size / world)
@@ -158,7 +134,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     scheduler = get_scheduler(config.schedule, optimizer, int(config.warmup_ratio * total), total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    state = _resume(out, accelerator)
+    state = load_checkpoint(out, accelerator, {"step": 0, "tokens": 0, "losses": [], "micro": 0})
     loop_started, tokens_before = time.perf_counter(), state["tokens"]
     losses: list[float] = state["losses"]
     step, tokens = state["step"], state["tokens"]
@@ -199,15 +175,15 @@ def train(config: SFTConfig) -> dict[str, Any]:
                     state.update(step=step, tokens=tokens, losses=losses, micro=seen + 1)
                     progress.update(bar, completed=step, loss=f"{losses[-1]:.3f}")
                     if config.save_every and step % config.save_every == 0:
-                        _checkpoint(out, accelerator, state)
+                        save_checkpoint(out, accelerator, state)
     loop_s = time.perf_counter() - loop_started
-    _checkpoint(out, accelerator, state)
-    final = out / ("adapter" if config.lora else "model")
+    save_checkpoint(out, accelerator, state)
+    final = out / ("adapter" if config.lora or config.adapter else "model")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(final)
         tokenizer.save_pretrained(final)
-        _plot(losses, out / "loss.png")
+        plot_curves({"loss (assistant tokens)": losses}, out / "loss.png", "SFT")
     summary = {
         "steps": step,
         "tokens": tokens,
@@ -243,38 +219,3 @@ def assistant_loss(model: Any, batch: dict[str, Any]) -> Any:
         logits_to_keep=keep,
     ).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[keep[:, :-1]])
-
-
-# Checkpoints and outputs --------------------------------------------------------------------
-
-
-def _checkpoint(out: Path, accelerator: Any, state: dict[str, Any]) -> None:
-    """Model, optimizer, scheduler and RNG state, plus where the loop was."""
-    folder = out / "checkpoint"
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        (folder / "trainer_state.json").write_text(json.dumps(state))
-
-
-def _resume(out: Path, accelerator: Any) -> dict[str, Any]:
-    folder = out / "checkpoint"
-    if (folder / "trainer_state.json").exists():
-        accelerator.load_state(str(folder))
-        return dict(json.loads((folder / "trainer_state.json").read_text()))
-    return {"step": 0, "tokens": 0, "losses": [], "micro": 0}
-
-
-def _plot(losses: list[float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, len(losses) + 1), losses)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (assistant tokens)")
-    ax.set_title("SFT loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

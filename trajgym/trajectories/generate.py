@@ -78,6 +78,7 @@ class GenerateConfig(BaseModel):
 
     envs: list[str] = Field(["trajgym/Retail-v1"], description="Environment ids.")
     split: Literal["train", "test", "ood"] = Field("train", description="Task split.")
+    families: list[str] | None = Field(None, description="Only tasks of these families.")
     num_tasks: int | None = Field(None, ge=1, description="First N tasks per env (all if unset).")
     samples_per_task: int = Field(1, ge=1, description="Episodes per task.")
     teacher: AgentSpec = Field(default_factory=lambda: AgentSpec(), description="The assistant.")
@@ -165,7 +166,11 @@ def plan(config: GenerateConfig) -> list[Key]:
     jobs: list[tuple[int, Key]] = []
     for env_id in config.envs:
         env = make(env_id, split=config.split).unwrapped
-        tasks = env.tasks(config.split)[: config.num_tasks]  # type: ignore[attr-defined]
+        tasks = [
+            t
+            for t in env.tasks(config.split)  # type: ignore[attr-defined]
+            if config.families is None or t.family in config.families
+        ][: config.num_tasks]
         for t in tasks:
             size = len(t.gold_actions) + 3 * len(t.goal.intents)
             jobs += [(size, (env_id, t.id, s)) for s in range(config.samples_per_task)]

@@ -1,0 +1,92 @@
+"""What SFT and RL share: the model's config fields, its preparation, checkpoints, curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trajgym.agents.models import DEFAULT_STUDENT, load_student
+
+
+class ModelTraining(BaseModel):
+    """The model being trained and how (fields common to every training stage)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(DEFAULT_STUDENT, description="HF model path or id; default: SmolLM2-135M.")
+    adapter: Path | None = Field(None, description="A peft adapter to start from (trained on).")
+    lora: bool = Field(True, description="Train a LoRA adapter (False: full fine-tune).")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator.")
+    lora_targets: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters.",
+    )
+    seed: int = Field(0, description="Shuffling, sampling and initialisation seed.")
+    bf16: bool = Field(False, description="bf16 autocast (GPU).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (GPU).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+
+
+def prepare_model(config: ModelTraining, device: str) -> tuple[Any, Any]:
+    """The model to train (a peft model when training an adapter) and its tokenizer."""
+    model, tokenizer = load_student(config.model, device=device)
+    model.train()
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(config.adapter), is_trainable=True)
+    elif config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=config.lora_targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    return model, tokenizer
+
+
+def save_checkpoint(out: Path, accelerator: Any, state: dict[str, Any]) -> None:
+    """Model, optimizer, scheduler and RNG state, plus where the loop was."""
+    folder = out / "checkpoint"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+
+
+def load_checkpoint(out: Path, accelerator: Any, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The loop state saved in ``out`` (restoring model and optimizer), else ``fresh``."""
+    folder = out / "checkpoint"
+    if (folder / "trainer_state.json").exists():
+        accelerator.load_state(str(folder))
+        return dict(json.loads((folder / "trainer_state.json").read_text()))
+    return fresh
+
+
+def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:
+    """One small panel per curve, against the optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for ax, (name, values) in zip(axes[0], curves.items(), strict=True):
+        ax.plot(range(1, len(values) + 1), values)
+        ax.set_xlabel("step")
+        ax.set_title(name, fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,488 @@
+"""Multi-turn GRPO: the student acts in the environments and learns from verified rewards.
+
+Reads top to bottom: config; rollouts (``group_size`` episodes per task against the simulated
+user and tools, batched across episodes on the student, the tokens it read and wrote and
+their sampling log-probs recorded turn by turn); rewards (the environment's verification,
+plus optional weighted shaping) and group-relative advantages; the clipped policy-gradient
+loss on the model's own tokens only (optional KL to the reference model); the loop
+(accelerate: each process rolls out its share of the tasks, gradients are averaged);
+checkpoints (resumable) and curves. Runs on a CPU as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from trajgym.agents.batching import Batcher, Generated, ReplySource
+from trajgym.agents.remote import RemoteBatcher, ServerConfig
+from trajgym.agents.student import StudentAgent, StudentConfig
+from trajgym.config import save_config
+from trajgym.envs import make
+from trajgym.errors import ConfigError
+from trajgym.train.common import (
+    ModelTraining,
+    load_checkpoint,
+    plot_curves,
+    prepare_model,
+    save_checkpoint,
+)
+from trajgym.train.evaluate import invalid_tool_calls, tool_calls
+from trajgym.train.masks import Sampled, generated_sequences
+from trajgym.trajectories.rollout import rollout
+from trajgym.trajectories.schema import Trajectory
+
+
+class RewardWeights(BaseModel):
+    """How an episode's reward is made up (weights of each part)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    success: float = Field(1.0, description="The environment's verified reward (0 or 1).")
+    valid_tool_calls: float = Field(
+        0.0, description="Share of the episode's tool calls the toolkit could run (0 if none)."
+    )
+    brevity: float = Field(
+        0.0, description="Minus the mean reply length as a share of max_new_tokens."
+    )
+
+
+class RLConfig(ModelTraining):
+    """A GRPO run."""
+
+    envs: list[str] = Field(["trajgym/RetailLite-v0"], description="Environments to act in.")
+    split: str = Field("train", description="Split the tasks are drawn from.")
+    families: list[str] | None = Field(None, description="Only these task families (None: all).")
+    output_dir: Path = Field(Path("runs/rl"), description="Checkpoints, adapter, curves, config.")
+    steps: int = Field(20, ge=1, description="Optimizer steps (one batch of rollouts each).")
+    tasks_per_step: int = Field(4, ge=1, description="Tasks per step, over all processes.")
+    group_size: int = Field(4, ge=2, description="Episodes per task (the GRPO group).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus mass of the rollouts.")
+    max_new_tokens: int = Field(96, ge=1, description="Most tokens in one reply.")
+    max_turns: int = Field(12, ge=1, description="Episode steps before truncation.")
+    rewards: RewardWeights = Field(default_factory=RewardWeights)
+    scale_rewards: bool = Field(True, description="Divide advantages by the group's std.")
+    lr: float = Field(2e-5, gt=0, description="Learning rate (constant).")
+    clip_eps: float = Field(0.2, gt=0, description="PPO clip range of the probability ratio.")
+    updates_per_batch: int = Field(1, ge=1, description="Optimizer passes over each batch.")
+    kl_coef: float = Field(0.0, ge=0, description="Weight of the KL to the reference model.")
+    micro_batch: int = Field(4, ge=1, description="Sequences per forward pass.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    server: ServerConfig | None = Field(
+        None, description="Generate rollouts on a vLLM server (LoRA, synced every step)."
+    )
+
+    @model_validator(mode="after")
+    def _server_needs_an_adapter(self) -> RLConfig:
+        if self.server is not None and not (self.lora or self.adapter):
+            raise ValueError("server: rollouts on a server sync a LoRA adapter; set lora: true")
+        return self
+
+
+# Rollouts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One rollout: the recorded trajectory and the student's generations, turn by turn."""
+
+    group: int
+    trajectory: Trajectory
+    turns: tuple[Generated, ...]
+
+
+Job = tuple[int, str, str, int]  # group, env id, task id, episode seed
+
+
+def run_rollouts(
+    model: Any,
+    tokenizer: Any,
+    jobs: Sequence[Job],
+    config: RLConfig,
+    server: RemoteBatcher | None = None,
+) -> list[Episode]:
+    """Play every job at once, the student's turns batched across episodes (or on a server)."""
+    batcher: ReplySource = server or Batcher(
+        model,
+        tokenizer,
+        max_batch=min(len(jobs), 16),
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+    )
+    student = StudentConfig(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
+    )
+
+    def play(job: Job) -> Episode:
+        group, env_id, task_id, seed = job
+        env = make(env_id, split=config.split, max_episode_steps=config.max_turns)
+        agent = StudentAgent(model, tokenizer, student, batcher=batcher)
+        t = rollout(env, agent, seed=seed, task_id=task_id)
+        env.close()
+        return Episode(group, t, tuple(agent.turns))
+
+    try:
+        with ThreadPoolExecutor(max(len(jobs), 1)) as pool:
+            return list(pool.map(play, jobs))
+    finally:
+        if server is None:
+            batcher.close()
+
+
+def task_pool(config: RLConfig) -> list[tuple[str, str]]:
+    """Every (env id, task id) the run may draw, in a fixed order."""
+    pool = []
+    for env_id in config.envs:
+        env = make(env_id, split=config.split).unwrapped
+        for t in env.tasks(config.split):  # type: ignore[attr-defined]
+            if config.families is None or t.family in config.families:
+                pool.append((env_id, t.id))
+        env.close()
+    if not pool:
+        raise ConfigError(f"No tasks of families {config.families} in {config.envs}.")
+    return pool
+
+
+def step_jobs(
+    pool: list[tuple[str, str]], config: RLConfig, step: int, rank: int, world: int
+) -> list[Job]:
+    """This process's share of the step's tasks, each repeated ``group_size`` times.
+
+    A group's episodes share one seed (same persona, same user words): only the student's
+    sampling differs between them, so their rewards compare its choices alone.
+    """
+    rng = random.Random(f"{config.seed}|{step}")
+    picked = rng.sample(pool, min(config.tasks_per_step, len(pool)))
+    seeds = [rng.randrange(2**31) for _ in picked]
+    return [
+        (g, env_id, task_id, seeds[g])
+        for g, (env_id, task_id) in enumerate(picked)
+        if g % world == rank
+        for _ in range(config.group_size)
+    ]
+
+
+# Rewards and advantages ---------------------------------------------------------------------
+
+
+def episode_reward(episode: Episode, weights: RewardWeights, max_new_tokens: int) -> float:
+    """The weighted sum of the episode's verified success and any shaping."""
+    t = episode.trajectory
+    reward = weights.success * (t.reward or 0.0)
+    if weights.valid_tool_calls:
+        calls = tool_calls(t)
+        reward += weights.valid_tool_calls * (
+            (calls - invalid_tool_calls(t)) / calls if calls else 0.0
+        )
+    if weights.brevity and episode.turns:
+        mean_length = statistics.fmean(len(g.token_ids) for g in episode.turns)
+        reward -= weights.brevity * mean_length / max_new_tokens
+    return reward
+
+
+def group_advantages(groups: Sequence[int], rewards: Sequence[float], scale: bool) -> list[float]:
+    """Each reward minus its group's mean (divided by the group's std when ``scale``).
+
+    A group whose episodes all scored the same teaches nothing: its advantages are 0.
+    """
+    by_group: dict[int, list[float]] = {}
+    for g, r in zip(groups, rewards, strict=True):
+        by_group.setdefault(g, []).append(r)
+    stats = {g: (statistics.fmean(rs), statistics.pstdev(rs)) for g, rs in by_group.items()}
+    advantages = []
+    for g, r in zip(groups, rewards, strict=True):
+        mean, std = stats[g]
+        advantages.append((r - mean) / (std + 1e-4) if scale else r - mean)
+    return advantages
+
+
+# Loss ---------------------------------------------------------------------------------------
+
+
+def policy_loss(
+    model: Any,
+    batch: Sequence[tuple[Sampled, float]],
+    config: RLConfig,
+    reference: Callable[[dict[str, Any]], Any] | None,
+    token_count: int,
+) -> tuple[Any, dict[str, float]]:
+    """Clipped policy-gradient loss over the model's own tokens of ``batch``.
+
+    Summed over the batch's tokens and divided by ``token_count`` (the tokens of the whole
+    step), so that micro-batches add up to a token-level mean. The vocabulary projection runs
+    only where a sampled token is predicted.
+    """
+    import torch
+
+    inputs = _pad(batch, model)
+    targets = inputs["input_ids"][:, 1:]
+    mask = inputs["mask"][:, 1:].bool()
+    keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+    keep[:, :-1] = mask
+    forward = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    logits = model(**forward, logits_to_keep=keep).logits.float() / config.temperature
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[mask][:, None]).squeeze(-1)
+    old = inputs["old"][:, 1:][mask]
+    advantage = inputs["advantage"][:, None].expand_as(mask)[mask]
+    ratio = torch.exp(logp - old)
+    clipped = torch.clamp(ratio, 1 - config.clip_eps, 1 + config.clip_eps)
+    per_token = -torch.minimum(ratio * advantage, clipped * advantage)
+    kl = torch.zeros_like(per_token)
+    if reference is not None:
+        with torch.no_grad():
+            ref_logits = reference(forward | {"logits_to_keep": keep}).float() / config.temperature
+            ref = torch.log_softmax(ref_logits, -1).gather(-1, targets[mask][:, None]).squeeze(-1)
+        kl = torch.exp(ref - logp) - (ref - logp) - 1  # k3: unbiased, always >= 0
+        per_token = per_token + config.kl_coef * kl
+    loss = per_token.sum() / token_count
+    stats = {
+        "kl": float(kl.detach().sum()),
+        "clipped": float(((ratio - clipped).abs() > 1e-6).sum()),
+    }
+    return loss, stats
+
+
+def _pad(batch: Sequence[tuple[Sampled, float]], model: Any) -> dict[str, Any]:
+    import torch
+
+    width = max(len(s.input_ids) for s, _ in batch)
+    rows = len(batch)
+    out = {
+        "input_ids": torch.zeros((rows, width), dtype=torch.long),
+        "attention_mask": torch.zeros((rows, width), dtype=torch.long),
+        "mask": torch.zeros((rows, width), dtype=torch.long),
+        "old": torch.zeros((rows, width)),
+        "advantage": torch.tensor([a for _, a in batch], dtype=torch.float),
+    }
+    for i, (s, _) in enumerate(batch):
+        n = len(s.input_ids)
+        out["input_ids"][i, :n] = torch.tensor(s.input_ids)
+        out["attention_mask"][i, :n] = 1
+        out["mask"][i, :n] = torch.tensor(s.assistant_mask)
+        out["old"][i, :n] = torch.tensor(s.old_logprobs)
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in out.items()}
+
+
+# Training -----------------------------------------------------------------------------------
+
+
+def train(
+    config: RLConfig, extra_reward: Callable[[Trajectory], float] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) GRPO; returns a summary (also written to output_dir/summary.json).
+
+    ``extra_reward`` adds any score of a trajectory (a judge's, say) to the configured ones.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    torch.manual_seed(config.seed)
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+    model, tokenizer = prepare_model(config, str(accelerator.device))
+    reference = _reference(model, config) if config.kl_coef else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = load_checkpoint(out, accelerator, {"step": 0, "history": []})
+    pool = task_pool(config)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    server = None
+    if config.server is not None:
+        server = RemoteBatcher(
+            config.server, tokenizer, config.max_new_tokens, config.temperature, config.top_p
+        )
+        if state["step"]:  # resumed: serve the policy as it was at the checkpoint
+            _sync(server, accelerator, model, out, state["step"])
+    started = time.perf_counter()
+    while state["step"] < config.steps:
+        step = state["step"]
+        torch.manual_seed(config.seed * 100_003 + step * world + rank)  # sampling differs by rank
+        t0 = time.perf_counter()
+        policy = accelerator.unwrap_model(model)
+        policy.eval()
+        jobs = step_jobs(pool, config, step, rank, world)
+        episodes = run_rollouts(policy, tokenizer, jobs, config, server)
+        policy.train()
+        rollout_s = time.perf_counter() - t0
+        rewards = [episode_reward(e, config.rewards, config.max_new_tokens) for e in episodes]
+        if extra_reward is not None:
+            rewards = [
+                r + extra_reward(e.trajectory) for r, e in zip(rewards, episodes, strict=True)
+            ]
+        usable = [e.trajectory.status == "ok" for e in episodes]  # infra errors teach nothing
+        advantages = group_advantages([e.group for e in episodes], rewards, config.scale_rewards)
+        batch = [
+            (s, a)
+            for e, a, ok in zip(episodes, advantages, usable, strict=True)
+            if ok and a != 0.0
+            for s in generated_sequences(e.turns)
+        ]
+        stats = _update(model, optimizer, accelerator, batch, config, reference)
+        record = _gather_metrics(
+            accelerator, episodes, rewards, stats, rollout_s, time.perf_counter() - t0
+        )
+        state["history"].append(record | {"step": step + 1})
+        state["step"] = step + 1
+        if server is not None:
+            _sync(server, accelerator, model, out, state["step"])
+        if accelerator.is_main_process:
+            print(json.dumps(state["history"][-1]), flush=True)
+        if config.save_every and state["step"] % config.save_every == 0:
+            save_checkpoint(out, accelerator, state)
+    save_checkpoint(out, accelerator, state)
+    if server is not None:
+        server.close()
+    final = out / ("adapter" if config.lora or config.adapter else "model")
+    accelerator.wait_for_everyone()
+    history = state["history"]
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(final)
+        tokenizer.save_pretrained(final)
+        curves = {k: [h[k] for h in history] for k in ("reward", "success", "reply_tokens", "kl")}
+        plot_curves(curves, out / "curves.png", "GRPO")
+    summary = {
+        "steps": state["step"],
+        "final": str(final),
+        "history": history,
+        "loop_s": round(time.perf_counter() - started, 2),
+    }
+    if accelerator.is_main_process:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    del model, optimizer
+    accelerator.free_memory()
+    return summary
+
+
+def _update(
+    model: Any,
+    optimizer: Any,
+    accelerator: Any,
+    batch: list[tuple[Sampled, float]],
+    config: RLConfig,
+    reference: Callable[[dict[str, Any]], Any] | None,
+) -> dict[str, float]:
+    """``updates_per_batch`` optimizer steps over the batch, in micro-batches.
+
+    Every process takes the same number of micro-batches (an empty one contributes a zero
+    loss), so that the gradient all-reduce of DDP never waits on a process with less data.
+    """
+    import torch
+
+    tokens = sum(sum(s.assistant_mask) for s, _ in batch)
+    sequence_tokens = sum(len(s.input_ids) for s, _ in batch)
+    micro = [batch[i : i + config.micro_batch] for i in range(0, len(batch), config.micro_batch)]
+    counts = accelerator.gather(torch.tensor([len(micro)], device=accelerator.device))
+    total = {
+        "kl": 0.0,
+        "clipped": 0.0,
+        "tokens": float(tokens),
+        "sequences": float(len(batch)),
+        "sequence_tokens": float(sequence_tokens),
+    }
+    for _ in range(config.updates_per_batch):
+        for i in range(int(counts.max())):
+            if i < len(micro):
+                loss, stats = policy_loss(model, micro[i], config, reference, max(tokens, 1))
+                for k, v in stats.items():
+                    total[k] += v
+            else:
+                loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+    return total
+
+
+def _sync(server: RemoteBatcher, accelerator: Any, model: Any, out: Path, step: int) -> None:
+    """Save the adapter after ``step`` and have the server sample from it from now on."""
+    name = f"policy-{step}"
+    path = out / "sync" / name
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(path)
+        server.sync_adapter(path, name)
+        for old in path.parent.iterdir():
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    server.served = name
+
+
+def _reference(model: Any, config: RLConfig) -> Callable[[dict[str, Any]], Any]:
+    """The frozen policy the KL is measured against: the adapter switched off, or a copy."""
+    if hasattr(model, "disable_adapter"):
+
+        def with_adapter_off(inputs: dict[str, Any]) -> Any:
+            with model.disable_adapter():
+                return model(**inputs).logits
+
+        return with_adapter_off
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return lambda inputs: frozen(**inputs).logits
+
+
+def _gather_metrics(
+    accelerator: Any,
+    episodes: list[Episode],
+    rewards: list[float],
+    stats: dict[str, float],
+    rollout_s: float,
+    step_s: float,
+) -> dict[str, float]:
+    """The step's means over every process's episodes and tokens."""
+    import torch
+
+    local = torch.tensor(
+        [
+            len(episodes),
+            sum(rewards),
+            sum((e.trajectory.reward or 0.0) for e in episodes),
+            sum(len(g.token_ids) for e in episodes for g in e.turns),
+            sum(len(e.turns) for e in episodes),
+            stats["kl"],
+            stats["clipped"],
+            stats["tokens"],
+            stats["sequences"],
+            stats["sequence_tokens"],
+        ],
+        dtype=torch.float64,
+        device=accelerator.device,
+    )
+    totals = accelerator.reduce(local, reduction="sum").tolist()
+    n, reward, success, reply_tokens, turns, kl, clipped, tokens, sequences, sequence_tokens = (
+        totals
+    )
+    trained = max(tokens, 1.0)
+    return {
+        "episodes": int(n),
+        "reward": reward / max(n, 1),
+        "success": success / max(n, 1),
+        "reply_tokens": reply_tokens / max(turns, 1),
+        "kl": kl / trained,
+        "clip_fraction": clipped / trained,
+        "trained_tokens": int(tokens),
+        "sequences": int(sequences),  # fewer than trained turns when turns chain into one
+        "sequence_tokens": int(sequence_tokens),
+        "rollout_s": round(rollout_s, 2),
+        "step_s": round(step_s, 2),
+    }
