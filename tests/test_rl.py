@@ -28,6 +28,7 @@ from trajgym.train.rl import (
     train,
 )
 from trajgym.trajectories.generate import GenerateConfig, generate
+from trajgym.trajectories.schema import Trajectory
 from trajgym.trajectories.store import read_trajectories
 
 
@@ -159,7 +160,7 @@ def test_episode_reward_weights_success_and_shaping() -> None:
 
 
 @needs_smollm2
-def test_two_grpo_steps_on_the_default_student_change_it_and_resume(tmp_path: Path) -> None:
+def test_two_grpo_steps_on_the_default_student_mask_advantage_and_change_it(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from trajgym.agents.models import load_student
@@ -168,23 +169,29 @@ def test_two_grpo_steps_on_the_default_student_change_it_and_resume(tmp_path: Pa
     config = RLConfig(
         output_dir=out,
         steps=2,
-        tasks_per_step=2,
+        tasks_per_step=1,
         group_size=2,
         max_new_tokens=12,
-        max_turns=3,
+        max_turns=2,
         lr=1e-3,
         kl_coef=0.05,
-        # The untrained student never succeeds: brevity makes the group's rewards differ.
-        rewards=RewardWeights(success=1.0, brevity=1.0),
     )
+
+    # The untrained student never succeeds (and fills every reply): an extra reward on how
+    # many characters it wrote makes the group's rewards differ, as a judge's score would.
+    def written(t: Trajectory) -> float:
+        return sum(len(m.text) for m in t.messages if m.role == "assistant") / 100
+
     # Masks and advantages on the real student's rollouts.
     model, tok = load_student(config.model)
     episodes = run_rollouts(model, tok, step_jobs(task_pool(config), config, 0, 0, 1), config)
-    rewards = [episode_reward(e, config.rewards, config.max_new_tokens) for e in episodes]
+    rewards = [
+        episode_reward(e, config.rewards, config.max_new_tokens) + written(e.trajectory)
+        for e in episodes
+    ]
     advantages = group_advantages([e.group for e in episodes], rewards, scale=True)
-    for g in (0, 1):
-        group = [a for e, a in zip(episodes, advantages, strict=True) if e.group == g]
-        assert sum(group) == pytest.approx(0.0, abs=1e-6)
+    assert any(a != 0 for a in advantages)
+    assert sum(advantages) == pytest.approx(0.0, abs=1e-6)  # one group: relative to its mean
     for e in episodes:
         [sequence, *rest] = generated_sequences(e.turns)
         masked = [t for t, m in zip(sequence.input_ids, sequence.assistant_mask, strict=True) if m]
@@ -196,18 +203,32 @@ def test_two_grpo_steps_on_the_default_student_change_it_and_resume(tmp_path: Pa
         assert user in unmasked and user not in tok.decode(masked)  # the user's words: no loss
     del model
 
-    summary = train(config)
+    summary = train(config, extra_reward=written)
     history = summary["history"]
     assert [h["step"] for h in history] == [1, 2]
-    assert all(h["episodes"] == 4 for h in history)
+    assert all(h["episodes"] == 2 for h in history)
     assert sum(h["trained_tokens"] for h in history) > 0
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: it moved
     assert (out / "curves.png").stat().st_size > 0
-    resumed = train(config.model_copy(update={"steps": 3}))
-    assert [h["step"] for h in resumed["history"]] == [1, 2, 3]
-    assert resumed["history"][:2] == history
+
+
+def test_a_run_resumes_from_its_checkpoint(tiny: Path, tmp_path: Path) -> None:
+    config = RLConfig(
+        model=str(tiny),
+        output_dir=tmp_path / "resume",
+        steps=2,
+        tasks_per_step=1,
+        group_size=2,
+        max_new_tokens=6,
+        max_turns=2,
+        lr=1e-2,
+        rewards=RewardWeights(brevity=1.0),
+    )
+    first = train(config)["history"]
+    resumed = train(config.model_copy(update={"steps": 3}))["history"]
+    assert [h["step"] for h in resumed] == [1, 2, 3] and resumed[:2] == first
 
 
 def test_one_rl_step_under_accelerate_launch_with_two_cpu_processes(

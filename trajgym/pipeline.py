@@ -114,7 +114,7 @@ def run(config: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    harvest = generate(_harvest_config(config), show_progress)
+    generate(_harvest_config(config), show_progress)
     timings["harvest_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -151,7 +151,7 @@ def run(config: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
     report = {
         "env": config.env,
         "k": config.eval.k,
-        "harvest": {"episodes": harvest.written + harvest.skipped, "successes": harvest.successes},
+        "harvest": _harvest_report(config.harvest_path),
         "sft": {k: sft_summary.get(k) for k in ("steps", "tokens", "examples", "tokens_per_s")},
         "rl": _rl_report(rl_summary),
         "results": results,
@@ -223,6 +223,14 @@ def _evaluate(
     metrics = summarize(read_trajectories(output), e.k)
     output.with_suffix(".eval.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _harvest_report(path: Path) -> dict[str, int]:
+    """Counted from the store, so that a resumed run reports what a fresh one would."""
+    from trajgym.trajectories.store import read_trajectories
+
+    stored = list(read_trajectories(path))
+    return {"episodes": len(stored), "successes": sum(t.success for t in stored)}
 
 
 def _rl_report(summary: dict[str, Any] | None) -> dict[str, Any] | None:
