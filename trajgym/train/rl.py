@@ -355,7 +355,8 @@ def train(
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(final)
         tokenizer.save_pretrained(final)
-        curves = {k: [h[k] for h in history] for k in ("reward", "success", "reply_tokens", "kl")}
+        names = ("reward", "success", "reply_tokens") + (("kl",) if config.kl_coef else ())
+        curves = {k: [h[k] for h in history] for k in names}  # KL is measured only when used
         plot_curves(curves, out / "curves.png", "GRPO")
     summary = {
         "steps": state["step"],
