@@ -46,7 +46,10 @@ def bad_call(draw: st.DrawFn) -> tuple[str, str]:
         )
     name = draw(known_names)
     if kind == "not_json":
-        text = draw(st.text(min_size=1, max_size=40).filter(lambda s: not _is_json(s)))
+        # Blank arguments mean "no arguments" (some providers send "" for a no-argument call).
+        text = draw(
+            st.text(min_size=1, max_size=40).filter(lambda s: s.strip() and not _is_json(s))
+        )
         return name, text
     if kind == "not_object":
         value = draw(json_values.filter(lambda v: not isinstance(v, dict)))

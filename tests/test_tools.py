@@ -86,6 +86,7 @@ def test_valid_call_runs_and_returns_json() -> None:
         ("add", '{"amount": 3', "are not valid JSON"),
         ("add", "[1, 2]", "must be a JSON object, got list"),
         ("add", "{}", "'amount' is required but missing"),
+        ("add", "  ", "'amount' is required but missing"),  # blank = no arguments
         ("add", '{"amount": 1, "colour": "red"}', "'colour' is not an argument of this tool"),
         ("add", '{"amount": "many"}', "'amount': Input should be a valid integer"),
         ("add", '{"amount": -1}', "amount must not be negative"),
