@@ -13,11 +13,11 @@ import hashlib
 import random
 
 from trajgym.envs.airline.families import FAMILIES, Draw, act, phrasings
-from trajgym.envs.airline.records import Split, User, World
+from trajgym.envs.airline.records import Split, User
 from trajgym.envs.airline.state import AirlineState
 from trajgym.envs.airline.tools import AIRLINE_TOOLKIT
 from trajgym.envs.airline.world import make_world
-from trajgym.tools import ToolError
+from trajgym.envs.goals import gold_replays, requests_in_prose
 from trajgym.trajectories.schema import Intent, Task, UserGoal
 
 ENV_ID = "trajgym/Airline-v0"
@@ -92,25 +92,7 @@ def _instruction(user: User, intents: list[Intent]) -> str:
         f"You are {user.first_name} {user.last_name}, a member of an airline's loyalty "
         f"programme. Your user id is {user.user_id}; give it only when asked."
     ]
-    for n, intent in enumerate(intents, 1):
-        facts = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in intent.slots.items())
-        lines.append(f"Request {n}: start with '{intent.request}'. Facts you know: {facts}.")
-    lines.append(
-        "Do not invent any other facts. Confirm with 'yes' when the agent describes "
-        "exactly what you asked for. Handle the requests one at a time, in order."
-    )
-    return " ".join(lines)
-
-
-def _gold_ok(world: World, task: Task) -> bool:
-    """Replay the gold actions as verification will (a refused one drops the task)."""
-    state = AirlineState(world)
-    try:
-        for action in task.gold_actions:
-            AIRLINE_TOOLKIT.tools[action.name](state, **action.arguments)
-    except ToolError:
-        return False
-    return True
+    return " ".join(lines + requests_in_prose(intents))
 
 
 @functools.cache
@@ -132,7 +114,9 @@ def make_tasks(split: Split, world_seed: int = 0) -> tuple[Task, ...]:
                 if task is None:
                     continue
                 fingerprint = task.goal.model_dump_json()
-                if fingerprint in seen or not _gold_ok(world, task):
+                if fingerprint in seen or not gold_replays(
+                    AIRLINE_TOOLKIT, AirlineState(world), task.gold_actions
+                ):
                     continue
                 seen.add(fingerprint)
                 tasks.append(task)

@@ -16,9 +16,9 @@ from importlib import resources
 
 import yaml
 
+from trajgym.envs.goals import gold_replays, requests_in_prose
 from trajgym.envs.retail.tools import RETAIL_TOOLKIT, RetailState
 from trajgym.envs.retail.world import Customer, Order, Split, World, make_world, random_address
-from trajgym.tools import ToolError
 from trajgym.trajectories.schema import Action, Intent, Task, UserGoal
 
 ENV_ID = "trajgym/Retail-v1"
@@ -410,25 +410,7 @@ def _instruction(c: Customer, identity: dict[str, str], intents: list[Intent]) -
     ]
     if "email" not in identity:
         lines.append("You do not remember your email address.")
-    for n, intent in enumerate(intents, 1):
-        facts = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in intent.slots.items())
-        lines.append(f"Request {n}: start with '{intent.request}'. Facts you know: {facts}.")
-    lines.append(
-        "Do not invent any other facts. Confirm with 'yes' when the agent describes "
-        "exactly what you asked for. Handle the requests one at a time, in order."
-    )
-    return " ".join(lines)
-
-
-def _gold_ok(world: World, task: Task) -> bool:
-    """Replay the gold actions as verification will (a refused one drops the task)."""
-    state = RetailState(world)
-    try:
-        for action in task.gold_actions:
-            RETAIL_TOOLKIT.tools[action.name](state, **action.arguments)
-    except ToolError:
-        return False
-    return True
+    return " ".join(lines + requests_in_prose(intents))
 
 
 @functools.cache
@@ -454,7 +436,9 @@ def make_tasks(split: Split, world_seed: int = 0, suite: Suite = RETAIL_SUITE) -
                 if task is None:
                     continue
                 fingerprint = task.goal.model_dump_json() + str(task.auth_actions)
-                if fingerprint in seen or not _gold_ok(world, task):
+                if fingerprint in seen or not gold_replays(
+                    RETAIL_TOOLKIT, RetailState(world), task.gold_actions
+                ):
                     continue
                 seen.add(fingerprint)
                 tasks.append(task)
