@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trajgym.agents.batching import Batcher, Generated, ReplySource
 from trajgym.agents.remote import RemoteBatcher, ServerConfig
@@ -311,6 +312,16 @@ def train(
         if state["step"]:  # resumed: serve the policy as it was at the checkpoint
             _sync(server, accelerator, model, out, state["step"])
     started = time.perf_counter()
+    progress = Progress(
+        TextColumn("[bold]grpo"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("success {task.fields[success]}"),
+        TimeElapsedColumn(),
+        disable=not accelerator.is_main_process,
+    )
+    progress.start()
+    bar = progress.add_task("steps", total=config.steps, completed=state["step"], success="-")
     while state["step"] < config.steps:
         step = state["step"]
         torch.manual_seed(config.seed * 100_003 + step * world + rank)  # sampling differs by rank
@@ -342,10 +353,12 @@ def train(
         state["step"] = step + 1
         if server is not None:
             _sync(server, accelerator, model, out, state["step"])
+        progress.update(bar, completed=state["step"], success=f"{record['success']:.0%}")
         if accelerator.is_main_process:
-            print(json.dumps(state["history"][-1]), flush=True)
+            progress.console.print(json.dumps(state["history"][-1]))
         if config.save_every and state["step"] % config.save_every == 0:
             save_checkpoint(out, accelerator, state)
+    progress.stop()
     save_checkpoint(out, accelerator, state)
     if server is not None:
         server.close()
