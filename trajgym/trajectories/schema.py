@@ -123,6 +123,39 @@ class Verdict(Frozen):
     gold_state_hash: str = ""
 
 
+class Finding(Frozen):
+    """A judge's finding on one rubric criterion."""
+
+    criterion: str = Field(description="Rubric criterion, e.g. 'goal', 'policy', 'truthful'.")
+    passed: bool
+    note: str = Field("", description="Why, in a sentence.")
+
+
+class JudgeVerdict(Frozen):
+    """A judge's grade of a whole trajectory against the rubric.
+
+    ``status="error"`` means the judge could not grade it (its calls failed after retries,
+    or it never answered in the schema): the trajectory is then excluded, never failed.
+    """
+
+    status: Literal["ok", "error"] = "ok"
+    passed: bool | None = Field(None, description="Pass / fail; None when status is 'error'.")
+    score: float | None = Field(None, ge=0.0, le=1.0, description="0..1; None on error.")
+    findings: tuple[Finding, ...] = ()
+    rationale: str = ""
+    error: str | None = Field(None, description="Why the judge could not grade (status error).")
+    judge: str = Field(description="'embedded' or the litellm model that graded.")
+    prompt_hash: str = Field(description="sha256 of the judge's instructions (rubric + format).")
+    usage: Usage = Field(default_factory=lambda: Usage(), description="What grading cost.")
+
+
+class TeacherLabel(Frozen):
+    """On-policy distillation: the teacher's action at a state the student reached."""
+
+    index: int = Field(ge=0, description="Index in messages of the student's assistant turn.")
+    message: Message = Field(description="What the teacher would have said or called there.")
+
+
 class Provenance(Frozen):
     """Who produced a trajectory, and how."""
 
@@ -180,6 +213,10 @@ class Trajectory(Frozen):
     timings: tuple[StepTiming, ...] = ()
     usage: Usage = Field(default_factory=Usage, description="What the agent's calls cost.")
     user_usage: Usage = Field(default_factory=Usage, description="What the simulated user cost.")
+    judge: JudgeVerdict | None = Field(None, description="The judge's grade, once judged.")
+    labels: tuple[TeacherLabel, ...] = Field(
+        (), description="Teacher actions at the student's states (provenance on_policy_teacher)."
+    )
 
     @property
     def key(self) -> tuple[str, str, int]:
