@@ -354,6 +354,17 @@ def train_rl(
         )
 
 
+def _register_more_verbs() -> None:
+    from trajgym import cli_sources
+
+    app.command()(cli_sources.selfgen)
+    app.command()(cli_sources.label)
+    app.command()(cli_sources.compare)
+
+
+_register_more_verbs()
+
+
 def _make_agent(name: str) -> Agent:
     from trajgym.agents.baselines import DoNothingAgent, RandomToolAgent
     from trajgym.agents.expert import ScriptedExpert

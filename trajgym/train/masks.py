@@ -13,7 +13,7 @@ On a prefix-stable template both functions mark the same tokens (tested).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,8 +46,18 @@ def assistant_spans(
     tokenizer: Any,
     messages: Sequence[dict[str, Any]],
     tools: Sequence[dict[str, Any]] | None = None,
+    trained: Collection[int] | None = None,
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of each assistant turn."""
+    """The rendered conversation and the character spans of the assistant turns.
+
+    Args:
+        tokenizer: A tokenizer with a chat template.
+        messages: The conversation, OpenAI format.
+        tools: Tool schemas the template renders.
+        trained: Indices of the assistant messages to return spans for (all if None). On-policy
+            distillation trains on the teacher's labels only, not on the student's own turns
+            that lead to them.
+    """
 
     def render(part: Sequence[dict[str, Any]], prompt: bool) -> str:
         text = tokenizer.apply_chat_template(
@@ -61,7 +71,7 @@ def assistant_spans(
     full = render(messages, False)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or (trained is not None and i not in trained):
             continue
         before, after = render(messages[:i], True), render(messages[: i + 1], False)
         if not (after.startswith(before) and full.startswith(after.rstrip())):
@@ -80,9 +90,10 @@ def tokenize_with_masks(
     messages: Sequence[dict[str, Any]],
     tools: Sequence[dict[str, Any]] | None = None,
     max_length: int | None = None,
+    trained: Collection[int] | None = None,
 ) -> Tokenized:
-    """Tokenize a conversation; mark the tokens that start inside an assistant span."""
-    full, spans = assistant_spans(tokenizer, messages, tools)
+    """Tokenize a conversation; mark the tokens that start inside a (trained) assistant span."""
+    full, spans = assistant_spans(tokenizer, messages, tools, trained)
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(encoded["input_ids"])
     mask = []

@@ -30,6 +30,7 @@ from trajgym.train.common import (
     save_checkpoint,
 )
 from trajgym.train.masks import IGNORE_INDEX, tokenize_with_masks
+from trajgym.trajectories.schema import Message
 from trajgym.trajectories.store import read_trajectories
 
 
@@ -54,19 +55,35 @@ class SFTConfig(ModelTraining):
 
 
 def load_examples(config: SFTConfig, tokenizer: Any) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) for every kept trajectory; labels are IGNORE_INDEX off the assistant."""
+    """(input_ids, labels) for every kept trajectory; labels are IGNORE_INDEX off the assistant.
+
+    A trajectory with teacher labels (on-policy distillation) trains on the teacher's actions
+    at the student's states, whatever the student's own reward was.
+    """
+    from trajgym.trajectories.onpolicy import training_conversations
+
     examples = []
     for path in config.data:
         for t in read_trajectories(path):
-            if t.status != "ok" or (
-                config.min_reward is not None and (t.reward or 0) < config.min_reward
-            ):
+            if t.status != "ok":
                 continue
-            tokenized = tokenize_with_masks(
-                tokenizer, [m.to_openai() for m in t.messages], t.tools, config.max_length
-            )
-            if any(tokenized.assistant_mask):
-                examples.append((tokenized.input_ids, tokenized.labels))
+            conversations: list[tuple[list[Message], set[int] | None]]
+            if t.labels:
+                conversations = list(training_conversations(t))
+            elif config.min_reward is None or (t.reward or 0) >= config.min_reward:
+                conversations = [(list(t.messages), None)]
+            else:
+                continue
+            for messages, trained in conversations:
+                tokenized = tokenize_with_masks(
+                    tokenizer,
+                    [m.to_openai() for m in messages],
+                    t.tools,
+                    config.max_length,
+                    trained,
+                )
+                if any(tokenized.assistant_mask):
+                    examples.append((tokenized.input_ids, tokenized.labels))
     if not examples:
         raise ConfigError(f"No trajectories to train on in {config.data} (after min_reward).")
     return examples

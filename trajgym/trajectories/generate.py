@@ -80,6 +80,9 @@ class GenerateConfig(BaseModel):
     split: Literal["train", "test", "ood"] = Field("train", description="Task split.")
     families: list[str] | None = Field(None, description="Only tasks of these families.")
     num_tasks: int | None = Field(None, ge=1, description="First N tasks per env (all if unset).")
+    first_task: int = Field(
+        0, ge=0, description="Skip this many tasks per env first (e.g. those another run used)."
+    )
     samples_per_task: int = Field(1, ge=1, description="Episodes per task.")
     teacher: AgentSpec = Field(default_factory=lambda: AgentSpec(), description="The assistant.")
     user: UserSpec = Field(default_factory=lambda: UserSpec(), description="The simulated user.")
@@ -170,7 +173,7 @@ def plan(config: GenerateConfig) -> list[Key]:
             t
             for t in env.tasks(config.split)  # type: ignore[attr-defined]
             if config.families is None or t.family in config.families
-        ][: config.num_tasks]
+        ][config.first_task :][: config.num_tasks]
         for t in tasks:
             size = len(t.gold_actions) + 3 * len(t.goal.intents)
             jobs += [(size, (env_id, t.id, s)) for s in range(config.samples_per_task)]

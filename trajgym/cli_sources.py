@@ -1,0 +1,106 @@
+"""CLI verbs for the other data sources and their comparison: selfgen, label, compare.
+
+They are registered on the one ``trajgym`` app in :mod:`trajgym.cli`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+Overrides = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: a.b=value.")
+]
+
+
+def selfgen(
+    config: Annotated[str | None, typer.Argument(help="YAML config (SelfGenConfig).")] = None,
+    set_: Overrides = None,
+    student: Annotated[str | None, typer.Option(help="Student model path or id.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="peft adapter for the student.")] = None,
+    keep: Annotated[str | None, typer.Option(help="verified, judge or both.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Kept JSONL.")] = None,
+) -> None:
+    """Self-generated data: the student plays k episodes per task; the verified ones are kept.
+
+    Rejection sampling (expert-iteration style) with provenance `self`; every episode played
+    is kept beside the output (`.rollouts.jsonl`) and the run resumes.
+    """
+    from trajgym.config import load_config
+    from trajgym.trajectories.selfgen import SelfGenConfig, self_generate
+
+    flags = {"agent.student": student, "agent.adapter": adapter, "keep": keep, "output": output}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    cfg = load_config(SelfGenConfig, config, [*overrides, *(set_ or [])])
+    counts = self_generate(cfg)
+    console.print(f"kept {counts['kept']} of {counts['rollouts']} episodes into {cfg.output}")
+    console.print(counts)
+
+
+def label(
+    rollouts: Annotated[str, typer.Argument(help="The student's trajectories (JSONL).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Labelled JSONL.")],
+    teacher_model: Annotated[
+        str | None, typer.Option(help="litellm teacher model (default: the scripted expert).")
+    ] = None,
+    api_base: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Variable holding the key.")] = None,
+    tool_mode: Annotated[str, typer.Option(help="native or text.")] = "native",
+    limit: Annotated[int | None, typer.Option(help="Label at most this many.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Trajectories labelled at once.")] = 16,
+) -> None:
+    """On-policy distillation data: the teacher's action at every state the student reached.
+
+    Writes the student's trajectories with the teacher's labels (provenance
+    `on_policy_teacher`); `trajgym train sft` then trains on the labels. Resumable.
+    """
+    from trajgym.agents.llm import LLMConfig
+    from trajgym.errors import ConfigError
+    from trajgym.trajectories.generate import AgentSpec
+    from trajgym.trajectories.onpolicy import label_file
+
+    if not Path(rollouts).exists():
+        raise ConfigError(f"Trajectory file '{rollouts}' does not exist.")
+    teacher = AgentSpec()
+    if teacher_model:
+        llm = LLMConfig(model=teacher_model, api_base=api_base, api_key_env=api_key_env)
+        teacher = AgentSpec(kind="litellm", llm=llm, tool_mode=tool_mode)  # type: ignore[arg-type]
+    counts = label_file(Path(rollouts), Path(output), teacher, limit, concurrency)
+    console.print(counts)
+
+
+def compare(
+    config: Annotated[str, typer.Argument(help="YAML config (CompareConfig).")],
+    set_: Overrides = None,
+    smoke: Annotated[
+        bool, typer.Option(help="The config's small size (its `smoke` overrides), for CI.")
+    ] = False,
+) -> None:
+    """Teacher-harvested vs self-generated vs on-policy data, at a matched budget.
+
+    Trains one student per source from the same base, evaluates each in- and out-of-
+    distribution and on a held-out domain, and writes report.md / report.json / success.png
+    under the config's output_dir. Re-running resumes.
+    """
+    from trajgym.compare import CompareConfig, run_compare
+    from trajgym.config import load_config
+
+    cfg = load_config(CompareConfig, config, set_ or [])
+    if smoke:
+        cfg = load_config(CompareConfig, config, [*cfg.smoke, *(set_ or [])])
+    report = run_compare(cfg)
+    table = Table("student", "where", "tasks", "success", "95% CI", title=cfg.env)
+    for agent, by_place in report["results"].items():
+        for place, m in by_place.items():
+            low, high = m["success_ci95"]
+            table.add_row(
+                agent, place, str(m["tasks"]), f"{m['success_rate']:.1%}", f"[{low:.1%}, {high:.1%}]"
+            )
+    console.print(table)
+    console.print(f"Report: {cfg.output_dir / 'report.md'}")
