@@ -356,7 +356,9 @@ def train_rl(
 
 def _register_more_verbs() -> None:
     from trajgym import cli_sources
+    from trajgym.cli_judge import judge_app
 
+    app.add_typer(judge_app, name="judge")
     app.command()(cli_sources.selfgen)
     app.command()(cli_sources.label)
     app.command()(cli_sources.compare)

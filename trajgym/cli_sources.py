@@ -70,7 +70,7 @@ def label(
     teacher = AgentSpec()
     if teacher_model:
         llm = LLMConfig(model=teacher_model, api_base=api_base, api_key_env=api_key_env)
-        teacher = AgentSpec(kind="litellm", llm=llm, tool_mode=tool_mode)  # type: ignore[arg-type]
+        teacher = AgentSpec(kind="litellm", llm=llm, tool_mode=tool_mode)
     counts = label_file(Path(rollouts), Path(output), teacher, limit, concurrency)
     console.print(counts)
 
@@ -100,7 +100,11 @@ def compare(
         for place, m in by_place.items():
             low, high = m["success_ci95"]
             table.add_row(
-                agent, place, str(m["tasks"]), f"{m['success_rate']:.1%}", f"[{low:.1%}, {high:.1%}]"
+                agent,
+                place,
+                str(m["tasks"]),
+                f"{m['success_rate']:.1%}",
+                f"[{low:.1%}, {high:.1%}]",
             )
     console.print(table)
     console.print(f"Report: {cfg.output_dir / 'report.md'}")

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from trajgym.compare_report import data_statistics, plot_results, render_report
 from trajgym.train.sft import SFTConfig
-from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate
 from trajgym.trajectories.calibration import JudgeConfig
+from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate
 from trajgym.trajectories.selfgen import Keep, SelfGenConfig, self_generate
 from trajgym.trajectories.store import read_trajectories
 

@@ -9,14 +9,21 @@ student can already sometimes do, with no teacher in the loop.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajgym.config import save_config
+from trajgym.trajectories.calibration import (
+    DROP_REASONS,
+    JudgeConfig,
+    drop_reason,
+    grade_all,
+    make_judge,
+)
 from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate
-from trajgym.trajectories.calibration import JudgeConfig, make_judge
 from trajgym.trajectories.judge import Judge
 from trajgym.trajectories.schema import Trajectory
 from trajgym.trajectories.store import TrajectoryStore, read_trajectories
@@ -89,39 +96,34 @@ def self_generate(config: SelfGenConfig, show_progress: bool = True) -> dict[str
 
 
 def _keep(config: SelfGenConfig, judge: Judge | None) -> dict[str, int]:
-    """Write the kept rollouts (provenance ``self``) to the output store; count the rest.
+    """Write the first ``target`` kept rollouts (provenance ``self``); count the rest.
 
     Judge verdicts are stored with their rollouts (``.judged.jsonl``), so a later round or a
     resumed run never pays for grading the same episode twice.
     """
-    counts = dict.fromkeys(
-        ("rollouts", "kept", "errors", "verified_failures", "judge_rejects", "judge_errors"), 0
-    )
     judged_path = config.output.with_name(config.output.stem + ".judged.jsonl")
-    graded = {t.key: t.judge for t in read_trajectories(judged_path)}
-    with TrajectoryStore(config.output) as store, TrajectoryStore(judged_path) as judged:
-        for t in read_trajectories(config.rollouts_path):
-            counts["rollouts"] += 1
-            if t.status != "ok":
-                counts["errors"] += 1
-                continue
-            if config.keep != "judge" and not t.success:
-                counts["verified_failures"] += 1
-                continue
-            if judge is not None:
-                verdict = graded.get(t.key) or judge.grade(t)
-                t = t.model_copy(update={"judge": verdict})
-                judged.append(t)
-                if verdict.status != "ok":
-                    counts["judge_errors"] += 1
-                    continue
-                if not verdict.passed:
-                    counts["judge_rejects"] += 1
-                    continue
-            if config.target is None or counts["kept"] < config.target:
-                store.append(_as_self(t) if config.provenance else t)
-                counts["kept"] += 1
-    return counts
+    verdicts = {t.key: t.judge for t in read_trajectories(judged_path)}
+    played = [
+        t.model_copy(update={"judge": verdicts[t.key]}) if t.key in verdicts else t
+        for t in read_trajectories(config.rollouts_path)
+    ]
+    if judge is not None:
+        needed = [  # graded only where the verdict can change the decision
+            t
+            for t in played
+            if t.key not in verdicts and t.status == "ok" and (config.keep == "judge" or t.success)
+        ]
+        with TrajectoryStore(judged_path) as judged:
+            graded = {
+                t.key: t for t in grade_all(judge, needed, config.judge.concurrency, judged.append)
+            }
+        played = [graded.get(t.key, t) for t in played]
+    reasons = Counter(drop_reason(t, config.keep) or "kept" for t in played)
+    kept = [t for t in played if drop_reason(t, config.keep) is None][: config.target]
+    with TrajectoryStore(config.output) as store:
+        for t in kept:
+            store.append(_as_self(t) if config.provenance else t)
+    return {"rollouts": len(played), "kept": len(kept)} | {r: reasons[r] for r in DROP_REASONS}
 
 
 def _as_self(t: Trajectory) -> Trajectory:
