@@ -520,3 +520,15 @@ def test_the_shipped_judge_config_loads() -> None:
     path = Path(__file__).parents[1] / "configs" / "judge.yaml"
     cfg = load_config(JudgeConfig, path, ["concurrency=4"])
     assert cfg.llm is not None and cfg.llm.temperature == 0.0 and cfg.concurrency == 4
+
+
+def test_input_with_repeated_keys_is_refused_not_thinned(
+    tmp_path: Path, expert: list[Trajectory]
+) -> None:
+    # The same task played by two agents: a keyed output store could hold only one of them.
+    twin = expert[0].model_copy(
+        update={"provenance": expert[0].provenance.model_copy(update={"kind": "student"})}
+    )
+    with pytest.raises(TrajgymError, match="not unique"):
+        filter_trajectories([*expert, twin], tmp_path / "k.jsonl", "verified")
+    assert not (tmp_path / "k.jsonl").exists()

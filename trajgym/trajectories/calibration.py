@@ -114,9 +114,9 @@ def grade_file(
     Keys already in ``output`` are skipped, so re-running after a crash grades only the rest.
     """
     trajectories = load_file(input)
+    require_unique_keys(trajectories, str(input))
     with TrajectoryStore(output) as store:
-        todo = list({t.key: t for t in reversed(trajectories) if t.key not in store}.values())
-        todo.reverse()  # first occurrence of a key wins, in file order
+        todo = [t for t in trajectories if t.key not in store]
         graded = grade_all(judge, todo, concurrency, store.append, show_progress)
     outcomes = Counter(_outcome(t.judge) for t in graded if t.judge is not None)
     cost = sum(t.judge.usage.cost_usd for t in graded if t.judge is not None)
@@ -324,6 +324,7 @@ def filter_trajectories(
     under the same policy and judge.
     """
     output = Path(output)
+    require_unique_keys(trajectories, "the input")
     uses_judge = keep != "verified"
     summary: dict[str, Any] = {
         "policy": keep,
@@ -361,6 +362,20 @@ def filter_trajectories(
     }
     output.with_suffix(".filter.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def require_unique_keys(trajectories: Sequence[Trajectory], source: str) -> None:
+    """Refuse input a keyed store would silently thin out: one record per (env, task, sample)."""
+    counts = Counter(t.key for t in trajectories)
+    repeated = {key: n for key, n in counts.items() if n > 1}
+    if repeated:
+        key, n = next(iter(repeated.items()))
+        raise TrajgymError(
+            f"{source} holds {sum(repeated.values())} trajectories whose (env, task, sample) key "
+            f"is not unique (e.g. {key} x{n}: the same tasks played by several agents?). An "
+            "output store keeps one trajectory per key, so grade or filter each run's file "
+            "separately."
+        )
 
 
 def _check_resumable(output: Path, settings: dict[str, Any]) -> None:
