@@ -6,7 +6,7 @@ They are registered on the one ``trajgym`` app in :mod:`trajgym.cli`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -95,16 +95,16 @@ def compare(
     if smoke:
         cfg = load_config(CompareConfig, config, [*cfg.smoke, *(set_ or [])])
     report = run_compare(cfg)
-    table = Table("student", "where", "tasks", "success", "95% CI", title=cfg.env)
-    for agent, by_place in report["results"].items():
+    console.print(results_table(report["results"], cfg.env, "student", "where"))
+    console.print(f"Report: {cfg.output_dir / 'report.md'}")
+
+
+def results_table(results: dict[str, dict[str, Any]], title: str, who: str, where: str) -> Table:
+    """Success with its 95% CI for every agent and place it was evaluated."""
+    table = Table(who, where, "tasks", "success", "95% CI", title=title)
+    for agent, by_place in results.items():
         for place, m in by_place.items():
             low, high = m["success_ci95"]
-            table.add_row(
-                agent,
-                place,
-                str(m["tasks"]),
-                f"{m['success_rate']:.1%}",
-                f"[{low:.1%}, {high:.1%}]",
-            )
-    console.print(table)
-    console.print(f"Report: {cfg.output_dir / 'report.md'}")
+            rate, interval = f"{m['success_rate']:.1%}", f"[{low:.1%}, {high:.1%}]"
+            table.add_row(agent, place, str(m["tasks"]), rate, interval)
+    return table

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trajgym.compare_report import data_statistics, plot_results, render_report
+from trajgym.pipeline import EvalStage
 from trajgym.train.sft import SFTConfig
 from trajgym.trajectories.calibration import JudgeConfig
 from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate
@@ -49,14 +50,9 @@ class RolloutStage(BaseModel):
     concurrency: int = Field(8, ge=1, description="Episodes in flight (= the student's batch).")
 
 
-class CompareEval(BaseModel):
-    """Where the students are compared."""
+class CompareEval(EvalStage):
+    """Where the students are compared: the run's held-out splits and a held-out domain."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    splits: list[Literal["test", "ood"]] = Field(["test", "ood"], description="Held-out splits.")
-    num_tasks: int = Field(40, ge=1, description="Tasks per split.")
-    k: int = Field(1, ge=1, description="Samples per task (pass@k, pass^k).")
     heldout_env: str | None = Field(
         "trajgym/Airline-v0", description="A domain no student trained on (None: skip)."
     )
@@ -64,10 +60,6 @@ class CompareEval(BaseModel):
         ["flight_status", "transfer_to_human"], description="Its task families (None: all)."
     )
     heldout_tasks: int = Field(12, ge=1, description="Held-out domain tasks.")
-    max_new_tokens: int = Field(96, ge=1, description="Student reply length limit.")
-    max_steps: int = Field(12, ge=1, description="Agent steps before an episode is cut.")
-    concurrency: int = Field(8, ge=1, description="Episodes in flight.")
-    teacher: bool = Field(True, description="Also evaluate the teacher, for reference.")
     base: bool = Field(True, description="Also evaluate the untrained base student.")
 
 

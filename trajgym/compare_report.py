@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trajgym.pipeline import plot_results
+from trajgym.pipeline import family_table, plot_results
 from trajgym.trajectories.store import read_trajectories
 
 if TYPE_CHECKING:
@@ -108,20 +108,8 @@ def render_report(report: dict[str, Any]) -> str:
             f"{d['episodes_generated']} | {d['generated_success_rate']:.1%} | "
             f"{d['llm_tokens']:,} | ${d['cost_usd']:.4f} |"
         )
-    lines += [
-        "",
-        "Success by task family:",
-        "",
-        "| student | where | family | episodes | success |",
-    ]
-    lines += ["|---|---|---|---|---|"]
-    for agent, by_place in report["results"].items():
-        for place, m in by_place.items():
-            for family, row in m["by_family"].items():
-                lines.append(
-                    f"| {agent} | {place} | {family} | {row['episodes']} | "
-                    f"{row['success_rate']:.1%} |"
-                )
+    lines += ["", "Success by task family:", ""]
+    lines += family_table(report["results"], "student", "where")
     lines += [
         "",
         "Seconds per stage: " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()),

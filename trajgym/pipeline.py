@@ -288,21 +288,26 @@ def render_report(report: dict[str, Any]) -> str:
                 f"{m['avg_turns']:.1f} | {m['avg_tool_calls']:.1f} | "
                 f"{m['avg_invalid_tool_calls']:.1f} | {m['errors']} |"
             )
-    lines += ["", "Success by task family:", "", "| agent | split | family | episodes | success |"]
-    lines += ["|---|---|---|---|---|"]
-    for agent, by_split in results.items():
-        for split, m in by_split.items():
-            for family, row in m["by_family"].items():
-                lines.append(
-                    f"| {agent} | {split} | {family} | {row['episodes']} | "
-                    f"{row['success_rate']:.1%} |"
-                )
+    lines += ["", "Success by task family:", "", *family_table(results, "agent", "split")]
     lines += [
         "",
         "Seconds per stage: " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()),
     ]
     lines += ["", "![success](success.png)", ""]
     return "\n".join(lines)
+
+
+def family_table(results: dict[str, dict[str, Any]], who: str, where: str) -> list[str]:
+    """Markdown rows of success by task family, for every agent and place it was evaluated."""
+    lines = [f"| {who} | {where} | family | episodes | success |", "|---|---|---|---|---|"]
+    for agent, by_place in results.items():
+        for place, m in by_place.items():
+            for family, row in m["by_family"].items():
+                lines.append(
+                    f"| {agent} | {place} | {family} | {row['episodes']} | "
+                    f"{row['success_rate']:.1%} |"
+                )
+    return lines
 
 
 def plot_results(results: dict[str, dict[str, Any]], path: Path) -> None:
