@@ -14,6 +14,15 @@ if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/d
     || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } \
     || echo "warning: could not install bubblewrap; the process sandbox will refuse to run"
 fi
+# The trajectory viewer's test loads the page in headless Chromium (Debian's package);
+# without it that one test skips and says why.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # noninteractive: a debconf question would wait, unseen, behind the redirections.
+  APT="env DEBIAN_FRONTEND=noninteractive apt-get"
+  $APT install -y -q chromium >/dev/null 2>&1 \
+    || { $APT update -q >/dev/null 2>&1 && $APT install -y -q chromium >/dev/null 2>&1; } \
+    || echo "warning: could not install chromium; the viewer's browser test will skip"
+fi
 TORCH_SPEC=${TRAJGYM_TORCH:-torch==2.13.0}
 
 if [ ! -x .venv/bin/python ]; then

@@ -91,7 +91,7 @@ def test_thirty_percent_provider_faults_every_episode_once(tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(300)
-def test_killed_five_times_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+def test_killed_ten_times_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     def command(out: Path) -> list[str]:
         return [
             sys.executable,
@@ -116,7 +116,7 @@ def test_killed_five_times_then_resumed_equals_uninterrupted(tmp_path: Path) -> 
     rng = random.Random(7)
     full = reference.stat().st_size
     kills = 0
-    for fraction in sorted(rng.uniform(0.05, 0.95) for _ in range(5)):
+    for fraction in sorted(rng.uniform(0.05, 0.95) for _ in range(10)):
         proc = subprocess.Popen(
             command(crashed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
         )
@@ -129,7 +129,7 @@ def test_killed_five_times_then_resumed_equals_uninterrupted(tmp_path: Path) -> 
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills == 5, "every kill should land while the run is going"
+    assert kills == 10, "every kill should land while the run is going"
     subprocess.run(command(crashed), check=True, capture_output=True, env=env)
     got, want = keys_in(crashed), keys_in(reference)
     assert len(got) == len(set(got)) == 5000
@@ -173,3 +173,32 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
         GenerateConfig, None, ["teacher.kind=litellm", "teacher.llm.model=openai/x", "num_tasks=5"]
     )
     assert ok.teacher.llm is not None and ok.teacher.llm.model == "openai/x" and ok.num_tasks == 5
+
+
+def test_a_user_whose_opening_fails_does_not_stop_the_run(tmp_path: Path) -> None:
+    """A failed reset (the LLM user's first words never came) is one error episode; the
+    next episode on that worker starts on a fresh environment instead of crashing the run."""
+    from trajgym.testing.fake_openai import scripted_user_responder
+    from trajgym.trajectories.generate import UserSpec
+
+    with FakeOpenAIServer(scripted_user_responder, faults=FaultPlan(rate=0.3, seed=1)) as server:
+        user = LLMConfig(
+            model="openai/fake",
+            api_base=server.base_url,
+            max_attempts=1,
+            backoff_s=0.01,
+            timeout_s=2,
+        )
+        cfg = GenerateConfig(
+            envs=["trajgym/RetailLite-v0"],
+            num_tasks=8,
+            concurrency=1,
+            output=tmp_path / "t.jsonl",
+            user=UserSpec(kind="litellm", llm=user),
+        )
+        report = generate(cfg, show_progress=False)
+    trajectories = list(read_trajectories(cfg.output))
+    failed_starts = [t for t in trajectories if t.status == "error" and not t.messages]
+    assert len(trajectories) == 8 and failed_starts
+    assert report.errors == sum(t.status == "error" for t in trajectories)
+    assert any(t.success for t in trajectories)  # later episodes still ran properly

@@ -166,3 +166,73 @@ def test_assistant_loss_equals_the_full_logits_loss() -> None:
     assert torch.allclose(ours, reference, atol=1e-6)
     for p, g in zip(model.parameters(), expected, strict=True):
         assert torch.allclose(p.grad, g, atol=1e-6)
+
+
+@pytest.mark.timeout(600)
+def test_killed_at_random_points_then_resumed_gives_the_same_loss_curve(
+    setup, tmp_path: Path
+) -> None:
+    """SIGKILL mid-run (during a step or a checkpoint write), three times, then resume."""
+    import json
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps = 10
+    straight = train(config(setup, tmp_path / "straight", max_steps=steps, save_every=1))
+    out = tmp_path / "killed"
+    data, model = setup
+    overrides = {
+        "model": str(model),
+        "lr": 0.01,
+        "batch_size": 4,
+        "max_steps": steps,
+        "save_every": 1,
+        "max_length": 16384,
+        "warmup_ratio": 0.0,
+        "schedule": "constant",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "trajgym",
+        "train",
+        "sft",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+    ]
+    command += [arg for k, v in overrides.items() for arg in ("--set", f"{k}={v}")]
+    state = out / "checkpoint" / "trainer_state.json"
+
+    def saved_step() -> int:
+        try:
+            return int(json.loads(state.read_text())["step"])
+        except (OSError, ValueError, KeyError):  # not there yet, or being swapped in
+            return 0
+
+    rng = random.Random(11)
+    kills = 0
+    for target in sorted(rng.sample(range(1, steps - 1), 3)):
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "COLUMNS": "120"},
+        )
+        while proc.poll() is None and saved_step() < target:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))  # anywhere in the next step, or its checkpoint write
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills == 3, "every kill should land while training runs"
+    subprocess.run(command, check=True, capture_output=True)
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["steps"] == steps
+    assert resumed["losses"] == pytest.approx(straight["losses"], rel=1e-4)

@@ -130,6 +130,12 @@ def generate(
     concurrency: Annotated[int | None, typer.Option(help="Episodes in flight.")] = None,
     seed: Annotated[int | None, typer.Option(help="Base seed.")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="JSONL store.")] = None,
+    record: Annotated[
+        str | None, typer.Option(help="Record every LLM call into this cassette (JSONL).")
+    ] = None,
+    replay: Annotated[
+        str | None, typer.Option(help="Answer every LLM call from this cassette, offline.")
+    ] = None,
 ) -> None:
     """Generate trajectories concurrently into a resumable JSONL store.
 
@@ -146,6 +152,8 @@ def generate(
         "concurrency": concurrency,
         "seed": seed,
         "output": output,
+        "record": record,
+        "replay": replay,
         "teacher.tool_mode": tool_mode,
         "teacher.llm.api_base": api_base,
         "user.llm.api_base": user_api_base,
@@ -270,6 +278,7 @@ def run_pipeline(
     Writes trajectories, the adapter, report.md / report.json and success.png under the
     config's output_dir; re-running resumes.
     """
+    from trajgym.cli_sources import results_table
     from trajgym.config import load_config
     from trajgym.pipeline import PipelineConfig, run
 
@@ -277,18 +286,7 @@ def run_pipeline(
     if smoke:
         cfg = load_config(PipelineConfig, config, [*cfg.smoke, *(set_ or [])])
     report = run(cfg)
-    table = Table("agent", "split", "tasks", "success", "95% CI", title=f"{cfg.env}")
-    for agent, by_split in report["results"].items():
-        for split, m in by_split.items():
-            low, high = m["success_ci95"]
-            table.add_row(
-                agent,
-                split,
-                str(m["tasks"]),
-                f"{m['success_rate']:.1%}",
-                f"[{low:.1%}, {high:.1%}]",
-            )
-    console.print(table)
+    console.print(results_table(report["results"], cfg.env, "agent", "split"))
     console.print(f"Report: {cfg.output_dir / 'report.md'}")
 
 
@@ -355,13 +353,14 @@ def train_rl(
 
 
 def _register_more_verbs() -> None:
-    from trajgym import cli_sources
+    from trajgym import cli_sources, cli_view
     from trajgym.cli_judge import judge_app
 
     app.add_typer(judge_app, name="judge")
     app.command()(cli_sources.selfgen)
     app.command()(cli_sources.label)
     app.command()(cli_sources.compare)
+    app.command()(cli_view.view)
 
 
 _register_more_verbs()

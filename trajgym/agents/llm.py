@@ -5,6 +5,10 @@ provider failures (429, 5xx, timeouts, malformed bodies) are retried with expone
 backoff and jitter; what still fails raises :class:`ProviderError`, which a rollout records
 as ``status="error"``. API keys are read from the environment variable the config names and
 never stored in a config, a trajectory or a log.
+
+Every call can be recorded into a cassette and replayed from it offline, failures included
+(``record`` / ``replay``, or ``TRAJGYM_RECORD`` / ``TRAJGYM_REPLAY`` for every client of a
+run): see :mod:`trajgym.agents.cassette`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -24,6 +29,15 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from trajgym.agents.cassette import (
+    CallKey,
+    RecordedCall,
+    Scope,
+    cassette_for,
+    current_scope,
+    not_recorded,
+    request_hash,
+)
 from trajgym.errors import ConfigError, ProviderError
 from trajgym.trajectories.schema import FunctionCall, Message, ToolCall, Usage
 
@@ -55,6 +69,16 @@ class LLMConfig(BaseModel):
     max_concurrency: int = Field(64, ge=1, description="Most calls in flight at once.")
     input_cost_per_token: float | None = Field(None, description="USD a prompt token (override).")
     output_cost_per_token: float | None = Field(None, description="USD a completion token.")
+    record: Path | None = Field(
+        None,
+        description="Cassette to record every call into (a call it already answers is not sent "
+        "again). Unset: $TRAJGYM_RECORD, if set.",
+    )
+    replay: Path | None = Field(
+        None,
+        description="Cassette to answer every call from, offline: a call it lacks is a "
+        "ProviderError. Unset: $TRAJGYM_REPLAY, if set.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -65,6 +89,18 @@ class LLMConfig(BaseModel):
                 "and name that variable in 'api_key_env'."
             )
         return data
+
+    @model_validator(mode="after")
+    def _record_or_replay(self) -> LLMConfig:
+        if self.record is not None and self.replay is not None:
+            raise ValueError("set either 'record' or 'replay', not both")
+        return self
+
+    def with_cassette(self, record: Path | None, replay: Path | None) -> LLMConfig:
+        """This config recording into, or replaying from, a run's cassette if it names one."""
+        if record is None and replay is None:
+            return self
+        return LLMConfig.model_validate({**self.model_dump(), "record": record, "replay": replay})
 
     def decoding(self) -> dict[str, float | int | str | None]:
         """The decoding parameters, for a trajectory's provenance."""
@@ -91,6 +127,10 @@ class LLMClient:
     Callers block in :meth:`complete` from any thread, but the HTTP work of every client runs
     on one shared asyncio loop: hundreds of calls in flight then cost a few milliseconds of
     CPU each, where as many threads each inside litellm thrash the GIL (measured: 4x slower).
+
+    With a cassette (``record`` / ``replay`` in the config, else the environment variables)
+    each call is keyed by the request, the caller's :func:`~trajgym.agents.cassette.cassette_scope`
+    and its occurrence there; ``replayed`` counts the calls answered from the cassette.
     """
 
     def __init__(self, config: LLMConfig) -> None:
@@ -100,7 +140,12 @@ class LLMClient:
         self.usage = Usage()
         self.calls = 0
         self.retries = 0
-        if config.api_key_env and config.api_key_env not in os.environ:
+        self.replayed = 0
+        self.cassette, self.replaying = cassette_for(config.record, config.replay)
+        self._scope = Scope(())  # for calls made outside any cassette_scope
+        # A replay never reaches a provider, so it needs no key (offline machines, CI).
+        needs_key = config.api_key_env and not self.replaying
+        if needs_key and config.api_key_env not in os.environ:
             raise ConfigError(
                 f"Environment variable '{config.api_key_env}' (api_key_env) is not set."
             )
@@ -108,13 +153,35 @@ class LLMClient:
     def complete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> Completion:
-        """Call the model; retry transient failures; raise ProviderError if they persist."""
-        return _run(self.acomplete(messages, tools))
+        """Call the model; retry transient failures; raise ProviderError if they persist.
+
+        With a cassette, a recorded answer comes back instead (replaying: always, or the
+        recorded ProviderError).
+        """
+        # The key is taken here, on the caller's thread, where its cassette scope is set.
+        key = self._key(messages, tools)
+        recorded = self._recorded(key)
+        if recorded is not None:
+            return recorded
+        return _run(self._call(messages, tools, key))
 
     async def acomplete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> Completion:
         """:meth:`complete` for callers already on an event loop."""
+        key = self._key(messages, tools)
+        recorded = self._recorded(key)
+        if recorded is not None:
+            return recorded
+        return await self._call(messages, tools, key)
+
+    async def _call(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        key: CallKey | None,
+    ) -> Completion:
+        """Call the provider with retries; record the outcome when recording."""
         litellm = _litellm()
         c = self.config
         kwargs: dict[str, Any] = {
@@ -144,11 +211,76 @@ class LLMClient:
                 response: Any = await retrying(litellm.acompletion, **kwargs)
             completion = self._parse(response)
         except Exception as e:
-            raise ProviderError(_describe(c.model, e, c.max_attempts)) from None
+            error = ProviderError(_describe(c.model, e, c.max_attempts))
+            self._record(key, error=str(error))
+            raise error from None
+        self._record(key, completion=completion)
+        self._count(completion)
+        return completion
+
+    def _key(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> CallKey | None:
+        """(scope, request hash, occurrence) of this call; None without a cassette."""
+        if self.cassette is None:
+            return None
+        c = self.config
+        # Only what changes the answer: keys, URLs, timeouts and retries do not.
+        request = request_hash(
+            {
+                "model": c.model,
+                "messages": messages,
+                "tools": tools or None,
+                "temperature": c.temperature,
+                "top_p": c.top_p,
+                "max_tokens": c.max_tokens,
+                "seed": c.seed,
+            }
+        )
+        scope = current_scope() or self._scope
+        return (scope.labels, request, scope.occurrence(request))
+
+    def _recorded(self, key: CallKey | None) -> Completion | None:
+        """The cassette's answer under ``key``; None sends the call to the provider."""
+        if key is None or self.cassette is None:
+            return None
+        record = self.cassette.get(key)
+        if record is None:
+            if self.replaying:
+                raise not_recorded(self.cassette, self.config.model, key)
+            return None
+        if record.error is not None:
+            if self.replaying:
+                raise ProviderError(record.error)
+            return None  # recording: a provider that failed then may answer now
+        assert record.message is not None  # a record holds a message or an error
+        completion = Completion(record.message, record.usage, record.finish_reason)
+        self._count(completion, replayed=True)
+        return completion
+
+    def _record(
+        self, key: CallKey | None, completion: Completion | None = None, error: str | None = None
+    ) -> None:
+        if key is None or self.cassette is None:
+            return
+        self.cassette.append(
+            RecordedCall(
+                scope=key[0],
+                request=key[1],
+                n=key[2],
+                model=self.config.model,
+                message=completion.message if completion else None,
+                usage=completion.usage if completion else Usage(),
+                finish_reason=completion.finish_reason if completion else None,
+                error=error,
+            )
+        )
+
+    def _count(self, completion: Completion, replayed: bool = False) -> None:
         with self._lock:
             self.calls += 1
+            self.replayed += replayed
             self.usage = self.usage + completion.usage
-        return completion
 
     def _api_key(self) -> str | None:
         if self.config.api_key_env:

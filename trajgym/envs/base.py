@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Generic, SupportsFloat, TypeVar
 
 import gymnasium
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from trajgym.envs.spaces import ActionSpace, Observation, ObservationSpace
+from trajgym.envs.store import Store
 from trajgym.envs.users.base import STOP, User, UserFactory, get_persona, load_personas
 from trajgym.envs.users.scripted import ScriptedUser
 from trajgym.envs.verify import outputs_told, unconfirmed_writes
 from trajgym.errors import ConfigError, UnknownTaskError
 from trajgym.tools import Toolkit
-from trajgym.trajectories.schema import Message, Task, Verdict
+from trajgym.trajectories.schema import Message, StateChange, Task, Verdict
 
 S = TypeVar("S")
 SPLITS = ("train", "test", "ood")
+MAX_CHANGES = 50  # state changes kept in a verdict; the rest are counted in one entry
 
 
 class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
@@ -79,6 +81,14 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
     @abc.abstractmethod
     def digest(self, state: S) -> str:
         """A canonical hash of ``state``."""
+
+    def state_changes(self, state: S) -> list[StateChange]:
+        """What the episode changed in ``state`` since reset, in a fixed order.
+
+        Shown to people (the trajectory viewer), never scored; it must stay cheap, as it runs
+        at every verification. The default reports nothing.
+        """
+        return []
 
     # Gymnasium API ---------------------------------------------------------------------------
 
@@ -165,6 +175,7 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
             violations=violations,
             final_state_hash=final_hash,
             gold_state_hash=gold_hash,
+            changes=bounded_changes(self.state_changes(self.state)),
         )
 
     def end_episode(self) -> None:
@@ -194,6 +205,46 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
             return self.task_by_id(task_id)
         tasks = self.tasks(self.split)
         return tasks[int(self.np_random.integers(len(tasks)))]
+
+
+def bounded_changes(changes: list[StateChange]) -> tuple[StateChange, ...]:
+    """At most ``MAX_CHANGES`` changes, the rest counted in a final ``omitted`` entry."""
+    if len(changes) <= MAX_CHANGES:
+        return tuple(changes)
+    left = len(changes) - MAX_CHANGES + 1
+    return (*changes[: MAX_CHANGES - 1], StateChange(path=f"{left} more", kind="omitted"))
+
+
+def overlay_changes(
+    store: Store, bases: Mapping[str, Mapping[str, BaseModel]]
+) -> list[StateChange]:
+    """The records a copy-on-write ``store`` holds that differ from its world ``bases``.
+
+    A modified record shows only its top-level fields that changed; an added or deleted one,
+    all of them. Paths are ``<table>/<key>``, sorted by table then key.
+    """
+    return [
+        _record_change(f"{name}/{key}", bases.get(name, {}).get(key), record)
+        for name in sorted(store.tables)
+        for key, record in store.tables[name].changed()
+    ]
+
+
+def _record_change(path: str, old: BaseModel | None, new: BaseModel | None) -> StateChange:
+    if old is None:
+        after = None if new is None else new.model_dump(mode="json")
+        return StateChange(path=path, kind="added", after=after)
+    before = old.model_dump(mode="json")
+    if new is None:
+        return StateChange(path=path, kind="deleted", before=before)
+    after = new.model_dump(mode="json")
+    fields = [f for f in after if before.get(f) != after[f]]
+    return StateChange(
+        path=path,
+        kind="modified",
+        before={f: before.get(f) for f in fields},
+        after={f: after[f] for f in fields},
+    )
 
 
 def _coerce_action(action: object) -> tuple[Message | None, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,20 +59,38 @@ def prepare_model(config: ModelTraining, device: str) -> tuple[Any, Any]:
 
 
 def save_checkpoint(out: Path, accelerator: Any, state: dict[str, Any]) -> None:
-    """Model, optimizer, scheduler and RNG state, plus where the loop was."""
-    folder = out / "checkpoint"
-    accelerator.save_state(str(folder))
+    """Model, optimizer, scheduler and RNG state, plus where the loop was.
+
+    Written beside the last checkpoint and swapped in by renames, so that a process killed
+    at any moment leaves a whole checkpoint (the new one or the previous) and never a mix.
+    """
+    final, staging, previous = _checkpoint_folders(out)
     if accelerator.is_main_process:
-        (folder / "trainer_state.json").write_text(json.dumps(state))
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        (staging / "trainer_state.json").write_text(json.dumps(state))
+        shutil.rmtree(previous, ignore_errors=True)
+        if final.exists():
+            final.rename(previous)
+        staging.rename(final)
+        shutil.rmtree(previous, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def load_checkpoint(out: Path, accelerator: Any, fresh: dict[str, Any]) -> dict[str, Any]:
     """The loop state saved in ``out`` (restoring model and optimizer), else ``fresh``."""
-    folder = out / "checkpoint"
-    if (folder / "trainer_state.json").exists():
-        accelerator.load_state(str(folder))
-        return dict(json.loads((folder / "trainer_state.json").read_text()))
+    final, _, previous = _checkpoint_folders(out)
+    for folder in (final, previous):  # previous: killed between the two renames
+        if (folder / "trainer_state.json").exists():
+            accelerator.load_state(str(folder))
+            return dict(json.loads((folder / "trainer_state.json").read_text()))
     return fresh
+
+
+def _checkpoint_folders(out: Path) -> tuple[Path, Path, Path]:
+    return out / "checkpoint", out / "checkpoint.partial", out / "checkpoint.previous"
 
 
 def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:

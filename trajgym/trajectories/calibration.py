@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from trajgym.agents.cassette import episode_scope
 from trajgym.agents.llm import LLMConfig
 from trajgym.errors import TrajgymError
 from trajgym.trajectories.judge import EmbeddedJudge, Judge
@@ -89,7 +90,7 @@ def grade_all(
     )
     with progress, ThreadPoolExecutor(max_workers=concurrency) as pool:
         bar = progress.add_task("trajectories", total=len(trajectories), stats="")
-        futures = {pool.submit(judge.grade, t): i for i, t in enumerate(trajectories)}
+        futures = {pool.submit(_grade, judge, t): i for i, t in enumerate(trajectories)}
         for future in as_completed(futures):
             i = futures[future]
             verdict = future.result()  # a bug in a judge, not a provider fault: stop loudly
@@ -131,6 +132,12 @@ def grade_file(
         "judge": judge.name,
         "prompt_hash": judge.prompt_hash,
     }
+
+
+def _grade(judge: Judge, t: Trajectory) -> JudgeVerdict:
+    """Grade in the trajectory's cassette scope, so that recorded grades replay in order."""
+    with episode_scope(t.key, "judge"):
+        return judge.grade(t)
 
 
 def _outcome(v: JudgeVerdict) -> str:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trajgym.agents.base import Agent
+from trajgym.agents.cassette import episode_scope
 from trajgym.agents.llm import LLMClient, LLMConfig
 from trajgym.config import save_config
 from trajgym.envs import make
@@ -93,11 +94,23 @@ class GenerateConfig(BaseModel):
     max_steps: int | None = Field(
         None, ge=1, description="Truncate episodes after this many agent steps (env's if unset)."
     )
+    record: Path | None = Field(
+        None, description="Record every LLM call of the run (teacher, user) into this cassette."
+    )
+    replay: Path | None = Field(
+        None, description="Answer every LLM call of the run from this cassette, offline."
+    )
 
     @model_validator(mode="after")
     def _known_personas(self) -> GenerateConfig:
         for name in self.personas or ():
             get_persona(name)
+        return self
+
+    @model_validator(mode="after")
+    def _record_or_replay(self) -> GenerateConfig:
+        if self.record is not None and self.replay is not None:
+            raise ValueError("set either 'record' or 'replay', not both")
         return self
 
 
@@ -185,9 +198,14 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
     started = time.perf_counter()
     save_config(config, config.output.with_suffix(".config.yaml"))
     report = GenerateReport()
-    teacher = LLMClient(config.teacher.llm) if config.teacher.llm else None
+    cassette = {"record": config.record, "replay": config.replay}
+    teacher = (
+        LLMClient(config.teacher.llm.with_cassette(**cassette)) if config.teacher.llm else None
+    )
     users = (
-        LLMClient(config.user.llm) if config.user.kind == "litellm" and config.user.llm else None
+        LLMClient(config.user.llm.with_cassette(**cassette))
+        if config.user.kind == "litellm" and config.user.llm
+        else None
     )
     user_factory = _user_factory(users, report.simulator)
     batcher = _student_batcher(config) if config.teacher.kind == "student" else None
@@ -205,14 +223,19 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
             persona = None
             if config.personas:
                 persona = config.personas[episode_seed(config.seed + 1, key) % len(config.personas)]
-            t = rollout(
-                envs[key[0]],
-                _make_agent(config.teacher, teacher, batcher),
-                seed=episode_seed(config.seed, key),
-                task_id=key[1],
-                persona=persona,
-                sample_index=key[2],
-            )
+            with episode_scope(key):  # one episode's calls are sequential: replayable
+                t = rollout(
+                    envs[key[0]],
+                    _make_agent(config.teacher, teacher, batcher),
+                    seed=episode_seed(config.seed, key),
+                    task_id=key[1],
+                    persona=persona,
+                    sample_index=key[2],
+                )
+            if t.status == "error":
+                # A reset that raised leaves gymnasium's env checker half-initialised, and the
+                # next episode on this env would crash: start the next one on a fresh env.
+                envs.pop(key[0]).close()
             if store.append(t):
                 report.add(t)
 

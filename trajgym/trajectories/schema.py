@@ -7,9 +7,10 @@ Every model is frozen; a change to a field's meaning bumps ``SCHEMA_VERSION``.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 SCHEMA_VERSION = 1  # the default of Trajectory.schema_version
 
@@ -109,6 +110,48 @@ class Task(Frozen):
         return tuple(o for i in self.goal.intents for o in i.outputs)
 
 
+MAX_CHANGE_CHARS = 2_000  # of one StateChange value or diff: a verdict stays small
+
+
+class StateChange(Frozen):
+    """One thing an episode changed in its environment's state: a record or a file.
+
+    Values longer than ``MAX_CHANGE_CHARS`` (as JSON) are cut to a string preview, so a
+    verdict stays a few kilobytes whatever the episode did.
+    """
+
+    path: str = Field(description="What changed, e.g. 'orders/#W2378156' or 'files/src/app.py'.")
+    kind: Literal["added", "modified", "deleted", "omitted"] = Field(
+        description="'omitted' stands for changes left out past the limit (path says how many)."
+    )
+    before: JsonValue = Field(
+        None, description="The old value; of a modified record, only the fields that changed."
+    )
+    after: JsonValue = Field(None, description="The new value, in the same form as ``before``.")
+    diff: str = Field("", description="For a text file, a unified diff.")
+
+    @field_validator("before", "after")
+    @classmethod
+    def _bounded(cls, value: JsonValue) -> JsonValue:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        return value if len(text) <= MAX_CHANGE_CHARS else _cut(text)
+
+    @field_validator("diff")
+    @classmethod
+    def _bounded_diff(cls, value: str) -> str:
+        return _cut(value)
+
+
+def _cut(text: str) -> str:
+    """``text`` within ``MAX_CHANGE_CHARS``, saying how long it was (idempotent: reloads agree)."""
+    if len(text) <= MAX_CHANGE_CHARS:
+        return text
+    marker = f"\n... [{len(text)} characters]"
+    return text[: MAX_CHANGE_CHARS - len(marker)] + marker
+
+
 class Verdict(Frozen):
     """The environment's verification of an episode's final state and transcript."""
 
@@ -121,6 +164,9 @@ class Verdict(Frozen):
     )
     final_state_hash: str = ""
     gold_state_hash: str = ""
+    changes: tuple[StateChange, ...] = Field(
+        (), description="What the episode changed in the state, in a fixed order (bounded)."
+    )
 
 
 class Finding(Frozen):

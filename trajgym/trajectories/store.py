@@ -30,7 +30,7 @@ class TrajectoryStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.repaired_bytes = _cut_torn_tail(self.path)
+        self.repaired_bytes = cut_torn_tail(self.path)
         self.keys: set[Key] = set()
         self.counts = {"ok": 0, "error": 0, "success": 0}
         for t in read_trajectories(self.path):
@@ -91,7 +91,7 @@ def read_trajectories(path: str | Path) -> Iterator[Trajectory]:
                 ) from None
 
 
-def _cut_torn_tail(path: Path) -> int:
+def cut_torn_tail(path: Path) -> int:
     """Truncate a final line left unfinished by a crash; return the bytes removed."""
     if not path.exists() or path.stat().st_size == 0:
         return 0

@@ -12,7 +12,7 @@ from trajgym.envs.airline.tools import AIRLINE_TOOLKIT
 from trajgym.envs.airline.world import make_world
 from trajgym.envs.base import ToolEnv
 from trajgym.tools import Toolkit
-from trajgym.trajectories.schema import Task
+from trajgym.trajectories.schema import StateChange, Task
 
 
 class AirlineEnv(ToolEnv[AirlineState]):
@@ -39,3 +39,7 @@ class AirlineEnv(ToolEnv[AirlineState]):
     def digest(self, state: AirlineState) -> str:
         """The overlay's canonical hash."""
         return state.digest()
+
+    def state_changes(self, state: AirlineState) -> list[StateChange]:
+        """The records the episode added, changed or deleted."""
+        return state.changes()

@@ -10,6 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Mapping
+
+from pydantic import BaseModel
 
 from trajgym.envs.airline.records import (
     Flight,
@@ -23,8 +26,10 @@ from trajgym.envs.airline.records import (
     flight_key,
 )
 from trajgym.envs.airline.rules import BOOKABLE, DEPARTED
+from trajgym.envs.base import overlay_changes
 from trajgym.envs.store import Store
 from trajgym.tools import ToolError
+from trajgym.trajectories.schema import StateChange
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -40,14 +45,13 @@ class AirlineState:
 
     def __init__(self, world: World) -> None:
         self.world = world
-        self.store = Store(
-            {
-                "users": world.users,
-                "reservations": world.reservations,
-                "flights": world.flights,
-                "transfers": {},
-            }
-        )
+        self.bases: dict[str, Mapping[str, BaseModel]] = {
+            "users": world.users,
+            "reservations": world.reservations,
+            "flights": world.flights,
+            "transfers": {},
+        }
+        self.store = Store(self.bases)
         self.authenticated: str | None = None
         self.transfer_summary: str | None = None
 
@@ -190,3 +194,7 @@ class AirlineState:
     def digest(self) -> str:
         """Canonical hash of the episode's state."""
         return self.store.digest()
+
+    def changes(self) -> list[StateChange]:
+        """The records this episode changed (the overlay is exactly that)."""
+        return overlay_changes(self.store, self.bases)

@@ -11,7 +11,7 @@ from trajgym.envs.retail.tasks import ENV_ID, make_tasks
 from trajgym.envs.retail.tools import RETAIL_TOOLKIT, RetailState
 from trajgym.envs.retail.world import make_world
 from trajgym.tools import Toolkit
-from trajgym.trajectories.schema import Task
+from trajgym.trajectories.schema import StateChange, Task
 
 
 class RetailEnv(ToolEnv[RetailState]):
@@ -38,3 +38,7 @@ class RetailEnv(ToolEnv[RetailState]):
     def digest(self, state: RetailState) -> str:
         """The overlay's canonical hash."""
         return state.digest()
+
+    def state_changes(self, state: RetailState) -> list[StateChange]:
+        """The records the episode added, changed or deleted."""
+        return state.changes()

@@ -7,8 +7,12 @@ the authenticated user, item availability, payment methods on file) and raise
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
+from pydantic import BaseModel
+
+from trajgym.envs.base import overlay_changes
 from trajgym.envs.retail.world import (
     Address,
     Customer,
@@ -22,6 +26,7 @@ from trajgym.envs.retail.world import (
 )
 from trajgym.envs.store import Store
 from trajgym.tools import ToolError, Toolkit, tool
+from trajgym.trajectories.schema import StateChange
 
 
 class Transfer(Record):
@@ -35,7 +40,12 @@ class RetailState:
 
     def __init__(self, world: World) -> None:
         self.world = world
-        self.store = Store({"customers": world.customers, "orders": world.orders, "transfers": {}})
+        self.bases: dict[str, Mapping[str, BaseModel]] = {
+            "customers": world.customers,
+            "orders": world.orders,
+            "transfers": {},
+        }
+        self.store = Store(self.bases)
         self.authenticated: str | None = None
         self.transfer_summary: str | None = None
 
@@ -71,6 +81,10 @@ class RetailState:
     def digest(self) -> str:
         """Canonical hash of the episode's state."""
         return self.store.digest()
+
+    def changes(self) -> list[StateChange]:
+        """The records this episode changed (the overlay is exactly that)."""
+        return overlay_changes(self.store, self.bases)
 
 
 # Look-ups --------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, ClassVar
 
-from trajgym.envs.base import ToolEnv
+from trajgym.envs.base import ToolEnv, bounded_changes
 from trajgym.envs.verify import outputs_told
+from trajgym.envs.workspace.changes import file_changes
 from trajgym.envs.workspace.checks import run_checks
 from trajgym.envs.workspace.project import Project
 from trajgym.envs.workspace.tasks import ENV_ID, make_tasks
@@ -22,7 +23,7 @@ from trajgym.envs.workspace.tools import WORKSPACE_TOOLKIT
 from trajgym.errors import ConfigError
 from trajgym.tools import Toolkit
 from trajgym.tools.sandbox import DockerSandbox, ProcessSandbox, Sandbox, SandboxLimits
-from trajgym.trajectories.schema import Task, Verdict
+from trajgym.trajectories.schema import StateChange, Task, Verdict
 
 SandboxFactory = Callable[[SandboxLimits], Sandbox]
 BACKENDS: dict[str, SandboxFactory] = {
@@ -77,10 +78,16 @@ class WorkspaceEnv(ToolEnv[WorkspaceState]):
         """A hash of the workspace's files."""
         return state.sandbox.snapshot()
 
+    def state_changes(self, state: WorkspaceState) -> list[StateChange]:
+        """The files created, modified or deleted since the project was laid out."""
+        return file_changes(state.project.files, state.sandbox)
+
     def verify(self) -> Verdict:
         """Run the project's checks in the sandbox; the required facts must have been told."""
         assert self.task is not None and self.state is not None
-        final_hash = self.state.sandbox.snapshot()  # before the checks add their files
+        # Both before the checks write their files.
+        final_hash = self.state.sandbox.snapshot()
+        changes = bounded_changes(self.state_changes(self.state))
         checks = run_checks(self.state.sandbox, self.state.project)
         outputs = outputs_told(self.task.required_outputs, self.transcript)
         success = all(checks.values()) and all(outputs.values())
@@ -90,6 +97,7 @@ class WorkspaceEnv(ToolEnv[WorkspaceState]):
             outputs=outputs,
             checks=checks,
             final_state_hash=final_hash,
+            changes=changes,
         )
 
     def end_episode(self) -> None:
