@@ -6,6 +6,10 @@ average, no generator can beat C / (k * L) episodes/s; we print what `generate` 
 ratio of that bound. Target: >= 0.9 at 256 concurrent episodes on 2 cores.
 
 Run: python bench/generation.py [--concurrency 256] [--episodes 1024] [--latency 2.0]
+                                [--backend local|ray] [--ray-chunk 64]
+
+With ``--backend ray`` the episodes run on a local Ray cluster (one worker process per core),
+so the per-call CPU of litellm is spread over processes instead of one GIL.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--episodes", type=int, default=2048)
     parser.add_argument("--latency", type=float, default=2.0)
+    parser.add_argument("--backend", choices=["local", "ray"], default="local")
+    parser.add_argument("--ray-chunk", type=int, default=64)
     args = parser.parse_args()
 
     ports: mp.Queue[int] = mp.Queue()
@@ -44,6 +50,9 @@ def main() -> None:
             concurrency=args.concurrency,
             output=Path(tmp) / "t.jsonl",
             teacher=AgentSpec(kind="litellm", llm=llm),
+            backend=args.backend,
+            ray_chunk=args.ray_chunk,
+            ray_task_cpus=0.01,  # the chunks wait on the network: let every one start
         )
         report = generate(cfg, show_progress=False)
         wall = report.episodes_wall_s  # setup (task generation, store) is reported apart
@@ -57,7 +66,8 @@ def main() -> None:
     achieved = report.written / wall
     print(
         f"{report.written} episodes ({report.errors} errors), {calls} model calls "
-        f"({per_episode:.2f} per episode), latency {args.latency}s, concurrency {args.concurrency}"
+        f"({per_episode:.2f} per episode), latency {args.latency}s, "
+        f"concurrency {args.concurrency}, backend {args.backend}"
     )
     print(
         f"mean model call {sum(agent_s) / len(agent_s):.3f}s (latency {args.latency}s), "

@@ -136,6 +136,12 @@ def generate(
     replay: Annotated[
         str | None, typer.Option(help="Answer every LLM call from this cassette, offline.")
     ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="local (threads here) or ray (a Ray cluster).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: start a local one).")
+    ] = None,
 ) -> None:
     """Generate trajectories concurrently into a resumable JSONL store.
 
@@ -154,6 +160,8 @@ def generate(
         "output": output,
         "record": record,
         "replay": replay,
+        "backend": backend,
+        "ray_address": address,
         "teacher.tool_mode": tool_mode,
         "teacher.llm.api_base": api_base,
         "user.llm.api_base": user_api_base,

@@ -94,6 +94,18 @@ class GenerateConfig(BaseModel):
     max_steps: int | None = Field(
         None, ge=1, description="Truncate episodes after this many agent steps (env's if unset)."
     )
+    backend: Literal["local", "ray"] = Field(
+        "local", description="Play episodes on this machine's threads, or on a Ray cluster."
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join ('auto', 'ray://host:10001'); None: start one."
+    )
+    ray_chunk: int = Field(
+        16, ge=1, description="Episodes per Ray task (played concurrently on its worker)."
+    )
+    ray_task_cpus: float = Field(
+        1.0, gt=0, description="CPUs Ray reserves per task (lower: more tasks per node)."
+    )
     record: Path | None = Field(
         None, description="Record every LLM call of the run (teacher, user) into this cassette."
     )
@@ -193,58 +205,89 @@ def plan(config: GenerateConfig) -> list[Key]:
     return [key for _, key in sorted(jobs, key=lambda job: -job[0])]
 
 
+class EpisodeRunner:
+    """Plays episodes by key: the run's model clients, and environments per thread.
+
+    Thread-safe; the local backend shares one across its threads, and each Ray worker
+    process builds its own from the config.
+    """
+
+    def __init__(self, config: GenerateConfig, simulator: SimulatorStats) -> None:
+        self.config = config
+        cassette = {"record": config.record, "replay": config.replay}
+        spec = config.teacher
+        self.teacher = LLMClient(spec.llm.with_cassette(**cassette)) if spec.llm else None
+        users = (
+            LLMClient(config.user.llm.with_cassette(**cassette))
+            if config.user.kind == "litellm" and config.user.llm
+            else None
+        )
+        self.user_factory = _user_factory(users, simulator)
+        self.batcher = _student_batcher(config) if spec.kind == "student" else None
+        self._local = threading.local()
+
+    def play(self, key: Key) -> Trajectory:
+        """One episode (environment errors and provider failures end up in the record)."""
+        config = self.config
+        envs = self._local.__dict__.setdefault("envs", {})
+        if key[0] not in envs:
+            limit = {"max_episode_steps": config.max_steps} if config.max_steps else {}
+            envs[key[0]] = make(key[0], split=config.split, user=self.user_factory, **limit)
+        persona = None
+        if config.personas:
+            persona = config.personas[episode_seed(config.seed + 1, key) % len(config.personas)]
+        with episode_scope(key):  # one episode's calls are sequential: replayable
+            t = rollout(
+                envs[key[0]],
+                _make_agent(config.teacher, self.teacher, self.batcher),
+                seed=episode_seed(config.seed, key),
+                task_id=key[1],
+                persona=persona,
+                sample_index=key[2],
+            )
+        if t.status == "error":
+            # A reset that raised leaves gymnasium's env checker half-initialised, and the
+            # next episode on this env would crash: start the next one on a fresh env.
+            envs.pop(key[0]).close()
+        return t
+
+    def close(self) -> None:
+        """Stop the student's batcher, if any."""
+        if self.batcher is not None:
+            self.batcher.close()
+
+
 def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateReport:
     """Run (or resume) a generation; returns the report, also saved beside the output."""
     started = time.perf_counter()
     save_config(config, config.output.with_suffix(".config.yaml"))
     report = GenerateReport()
-    cassette = {"record": config.record, "replay": config.replay}
-    teacher = (
-        LLMClient(config.teacher.llm.with_cassette(**cassette)) if config.teacher.llm else None
-    )
-    users = (
-        LLMClient(config.user.llm.with_cassette(**cassette))
-        if config.user.kind == "litellm" and config.user.llm
-        else None
-    )
-    user_factory = _user_factory(users, report.simulator)
-    batcher = _student_batcher(config) if config.teacher.kind == "student" else None
-    local = threading.local()
     with TrajectoryStore(config.output) as store:
         keys = plan(config)
         todo = [k for k in keys if k not in store]
         report.planned, report.skipped = len(keys), len(keys) - len(todo)
 
-        def run(key: Key) -> None:
-            envs = local.__dict__.setdefault("envs", {})
-            if key[0] not in envs:
-                limit = {"max_episode_steps": config.max_steps} if config.max_steps else {}
-                envs[key[0]] = make(key[0], split=config.split, user=user_factory, **limit)
-            persona = None
-            if config.personas:
-                persona = config.personas[episode_seed(config.seed + 1, key) % len(config.personas)]
-            with episode_scope(key):  # one episode's calls are sequential: replayable
-                t = rollout(
-                    envs[key[0]],
-                    _make_agent(config.teacher, teacher, batcher),
-                    seed=episode_seed(config.seed, key),
-                    task_id=key[1],
-                    persona=persona,
-                    sample_index=key[2],
-                )
-            if t.status == "error":
-                # A reset that raised leaves gymnasium's env checker half-initialised, and the
-                # next episode on this env would crash: start the next one on a fresh env.
-                envs.pop(key[0]).close()
-            if store.append(t):
+        def keep(t: Trajectory) -> None:
+            if store.append(t):  # the one writer: each key lands once, whoever played it
                 report.add(t)
 
         episodes_started = time.perf_counter()
-        try:
-            _run_all(run, todo, config.concurrency, report, show_progress)
-        finally:
-            if batcher is not None:
-                batcher.close()
+        if config.backend == "ray":
+            from trajgym.trajectories.ray_backend import play_on_ray
+
+            play_on_ray(config, todo, keep, report, show_progress)
+        else:
+            runner = EpisodeRunner(config, report.simulator)
+            try:
+                _run_all(
+                    lambda key: keep(runner.play(key)),
+                    todo,
+                    config.concurrency,
+                    report,
+                    show_progress,
+                )
+            finally:
+                runner.close()
         report.episodes_wall_s = time.perf_counter() - episodes_started
     report.wall_s = time.perf_counter() - started
     summary = config.output.with_suffix(".summary.json")

@@ -1,0 +1,92 @@
+"""Generation on Ray (a local cluster): same episodes as one machine, exactly once, and a
+worker killed mid-run loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from trajgym.agents.llm import LLMConfig
+from trajgym.errors import ConfigError
+from trajgym.testing.fake_openai import FakeOpenAIServer, scripted_agent_responder
+from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate, plan
+from trajgym.trajectories.store import TrajectoryStore, read_trajectories
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_ray_plays_the_same_episodes_and_resumes(tmp_path: Path) -> None:
+    local = GenerateConfig(
+        envs=["trajgym/RetailLite-v0", "trajgym/Airline-v0"],
+        num_tasks=12,
+        samples_per_task=2,
+        output=tmp_path / "local.jsonl",
+    )
+    generate(local, show_progress=False)
+    on_ray = local.model_copy(
+        update={"output": tmp_path / "ray.jsonl", "backend": "ray", "ray_chunk": 5}
+    )
+    # A run that crashed after a few episodes: those are not played again.
+    done = list(read_trajectories(local.output))[:7]
+    with TrajectoryStore(on_ray.output) as store:
+        for t in done:
+            store.append(t)
+    report = generate(on_ray, show_progress=False)
+    assert report.skipped == 7 and report.written == 48 - 7
+    want = {t.key: t for t in read_trajectories(local.output)}
+    got = list(read_trajectories(on_ray.output))
+    assert len(got) == len({t.key for t in got}) == 48
+    assert all(t.messages == want[t.key].messages and t.reward == want[t.key].reward for t in got)
+
+
+def _workers() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "ray::play_chunk"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    with FakeOpenAIServer(scripted_agent_responder, latency_s=0.05) as server:
+        llm = LLMConfig(model="openai/fake", api_base=server.base_url, timeout_s=5)
+        cfg = GenerateConfig(
+            envs=["trajgym/RetailLite-v0"],
+            num_tasks=40,
+            teacher=AgentSpec(kind="litellm", llm=llm),
+            output=tmp_path / "t.jsonl",
+            backend="ray",
+            ray_chunk=4,
+            concurrency=8,
+        )
+        result: dict[str, object] = {}
+        run = threading.Thread(target=lambda: result.update(r=generate(cfg, show_progress=False)))
+        run.start()
+        killed = None
+        deadline = time.time() + 300
+        while killed is None and run.is_alive() and time.time() < deadline:
+            workers = _workers()
+            lines = cfg.output.read_text().count("\n") if cfg.output.exists() else 0
+            if workers and lines >= 8:  # mid-run: some chunks done, others in flight
+                os.kill(workers[0], signal.SIGKILL)
+                killed = workers[0]
+            time.sleep(0.05)
+        run.join(timeout=400)
+    assert killed is not None, "the kill should land while chunks are running"
+    assert not run.is_alive() and "r" in result
+    keys = [t.key for t in read_trajectories(cfg.output)]
+    assert len(keys) == len(set(keys)) == 40 and set(keys) == set(plan(cfg))
+    assert all(t.status == "ok" for t in read_trajectories(cfg.output))
+
+
+def test_the_local_student_is_refused_on_ray(tmp_path: Path) -> None:
+    cfg = GenerateConfig(
+        num_tasks=1, teacher=AgentSpec(kind="student"), backend="ray", output=tmp_path / "s.jsonl"
+    )
+    with pytest.raises(ConfigError, match="backend: local"):
+        generate(cfg, show_progress=False)
