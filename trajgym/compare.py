@@ -130,7 +130,9 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
 
     generator = _generator(config, pools["teacher"])
     lap("generator_sft_s")
-    play = _sampling(config, generator, data / "self.jsonl", "self", config.budget, None)
+    # The generator plays train tasks the teacher's harvest did not use.
+    harvested = len({t.task_id for t in read_trajectories(data / "teacher.rollouts.jsonl")})
+    play = _sampling(config, generator, data / "self.jsonl", "self", harvested, None)
     if {"self", "on_policy"} & set(config.sources):
         self_generate(play, show_progress)
         pools["self"] = play.output
@@ -149,7 +151,7 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
     for source in trainable:
         train_file = data / f"train-{source}.jsonl"
         _first(pools[source], train_file, matched)
-        students[source] = _train(config, source, train_file, generator, matched)
+        students[source] = _train(config, source, train_file, matched)
         lap(f"sft_{source}_s")
 
     results = _evaluate_all(config, students, show_progress)
@@ -221,13 +223,12 @@ def _generator(config: CompareConfig, teacher_data: Path) -> AgentSpec:
     return spec.model_copy(update=_trained(sft))
 
 
-def _train(
-    config: CompareConfig, source: str, data: Path, generator: AgentSpec, matched: int
-) -> dict[str, Any]:
+def _train(config: CompareConfig, source: str, data: Path, matched: int) -> dict[str, Any]:
     """Train one source's student (the generator is reused when it is that very student)."""
     sft = config.sft_config(source, data)
-    if source == "teacher" and config.generator is None and matched == config.budget:
-        sft = config.sft_config("generator", config.output_dir / "data" / "teacher.jsonl")
+    teacher_pool = config.output_dir / "data" / "teacher.jsonl"
+    if source == "teacher" and config.generator is None and _count(teacher_pool) == matched:
+        sft = config.sft_config("generator", teacher_pool)  # the very same training
     return _trained(sft)
 
 

@@ -272,11 +272,12 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
                 report.add(t)
 
         episodes_started = time.perf_counter()
-        if config.backend == "ray":
+        # Nothing to play: no model to load, no cluster to start.
+        if todo and config.backend == "ray":
             from trajgym.trajectories.ray_backend import play_on_ray
 
             play_on_ray(config, todo, keep, report, show_progress)
-        else:
+        elif todo:
             runner = EpisodeRunner(config, report.simulator)
             try:
                 _run_all(
