@@ -103,3 +103,16 @@ def test_whole_episode_with_an_llm_user() -> None:
     assert t.status == "ok" and t.termination == "user_stop"
     assert task.goal.identity["email"] in t.messages[3].content
     assert t.user_usage.prompt_tokens > 0
+
+
+def test_the_scripted_user_answers_what_it_cannot_know_without_crashing() -> None:
+    """At the airline desk users are known by id: asked for a name and zip code (as a
+    student trained on the retail desk does), the user says it does not know."""
+    from trajgym.envs import make
+
+    env = make("trajgym/Airline-v0", split="test")
+    env.reset(seed=0)
+    ask = {"role": "assistant", "content": "What are your first name, last name and zip code?"}
+    obs, _, terminated, truncated, _ = env.step(ask)
+    assert not terminated and not truncated
+    assert obs.messages[0].role == "user" and obs.messages[0].text

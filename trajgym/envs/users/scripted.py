@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import string
 from collections.abc import Sequence
 
 from trajgym.envs.users.base import STOP, Persona
@@ -107,13 +108,13 @@ class ScriptedUser:
         facts = self._known_facts()
         said, unknown = [], []
         for slot in slots:
-            if slot == "email" and "email" not in facts:
+            if slot == "email" and "email" not in facts and _sayable("name_zip", facts):
                 said.append(
                     "I don't remember my email, but " + _FACT_PHRASES["name_zip"].format(**facts)
                 )
-            elif slot == "name_zip" or slot in facts:
+            elif _sayable(slot, facts):
                 said.append(_FACT_PHRASES[slot].format(**facts))
-            else:
+            else:  # e.g. a name and zip code asked at a desk that knows users by id
                 unknown.append(slot)
         if not said:
             return self._say(self._pick(self.persona.unknown))
@@ -139,3 +140,9 @@ class ScriptedUser:
     @staticmethod
     def _say(text: str) -> Message:
         return Message(role="user", content=text)
+
+
+def _sayable(slot: str, facts: dict[str, str]) -> bool:
+    """Whether the user knows every fact the slot's phrase needs."""
+    fields = [name for _, name, _, _ in string.Formatter().parse(_FACT_PHRASES[slot]) if name]
+    return all(name in facts for name in fields)
