@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trajgym.compare_report import data_statistics, plot_results, render_report
-from trajgym.pipeline import EvalStage
+from trajgym.pipeline import EvalStage, check_stage
 from trajgym.train.sft import SFTConfig
 from trajgym.trajectories.calibration import JudgeConfig
 from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate
@@ -95,13 +95,7 @@ class CompareConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sft_is_valid(self) -> CompareConfig:
-        try:
-            self.sft_config("teacher", self.output_dir / "data" / "teacher.jsonl")
-        except ValidationError as e:
-            problems = "; ".join(
-                f"sft.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
-            )
-            raise ValueError(problems) from None
+        check_stage("sft", lambda: self.sft_config("teacher", Path("teacher.jsonl")))
         return self
 
     def sft_config(self, name: str, data: Path) -> SFTConfig:
@@ -293,7 +287,7 @@ def _evaluate_all(
 def _generated(config: CompareConfig, source: str, play: SelfGenConfig) -> Path:
     """The file of every episode generated to obtain a source's data (kept or not)."""
     if source == "teacher":
-        return (config.output_dir / "data" / "teacher.jsonl").with_name("teacher.rollouts.jsonl")
+        return config.output_dir / "data" / "teacher.rollouts.jsonl"
     if source == "on_policy":
         return config.output_dir / "data" / "on_policy.jsonl"
     return play.rollouts_path

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,13 +73,7 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _stages_are_valid(self) -> PipelineConfig:
         for stage, build in (("sft", self.sft_config), ("rl", self.rl_config)):
-            try:
-                build()  # fail at load time, not after the harvest
-            except ValidationError as e:
-                problems = "; ".join(
-                    f"{stage}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
-                )
-                raise ValueError(problems) from None
+            check_stage(stage, build)  # fail at load time, not after the harvest
         return self
 
     def sft_config(self) -> SFTConfig:
@@ -105,6 +100,17 @@ class PipelineConfig(BaseModel):
     def harvest_path(self) -> Path:
         """Where the harvested trajectories go."""
         return self.output_dir / "harvest" / "trajectories.jsonl"
+
+
+def check_stage(stage: str, build: Callable[[], object]) -> None:
+    """Build a stage's config now; its problems become ``<stage>.<field>: <message>``."""
+    try:
+        build()
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{stage}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+        )
+        raise ValueError(problems) from None
 
 
 def run(config: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
