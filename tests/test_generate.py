@@ -202,3 +202,30 @@ def test_a_user_whose_opening_fails_does_not_stop_the_run(tmp_path: Path) -> Non
     assert len(trajectories) == 8 and failed_starts
     assert report.errors == sum(t.status == "error" for t in trajectories)
     assert any(t.success for t in trajectories)  # later episodes still ran properly
+
+
+def test_the_ramp_spreads_the_first_wave_and_the_drain_is_reported(tmp_path: Path) -> None:
+    """With ``ramp_s`` the first episodes reach the provider as a stream over that time,
+    not as one burst; the report says how long the slots took to empty out at the end."""
+    llm_of = lambda url: LLMConfig(model="openai/fake", api_base=url)  # noqa: E731
+    arrivals: dict[float, list[float]] = {}
+    for ramp in (0.0, 1.0):
+        # No episode's second call can arrive before 1.5 s: the first 8 arrivals are the
+        # 8 episodes' first calls.
+        with FakeOpenAIServer(scripted_agent_responder, latency_s=1.5) as server:
+            cfg = GenerateConfig(
+                envs=["trajgym/RetailLite-v0"],
+                num_tasks=12,
+                concurrency=8,
+                max_steps=1,  # one call an episode: the test takes seconds
+                ramp_s=ramp,
+                output=tmp_path / f"ramp{ramp}.jsonl",
+                teacher=AgentSpec(kind="litellm", llm=llm_of(server.base_url)),
+            )
+            report = generate(cfg, show_progress=False)
+            first = sorted(start for start, _ in server.stats.spans)[:8]
+        arrivals[ramp] = [t - first[0] for t in first]
+        assert report.written == 12
+        assert 0 < report.drain_s < report.episodes_wall_s
+    assert arrivals[0.0][-1] < 0.15  # all eight at once
+    assert 0.75 < arrivals[1.0][-1] < 1.5  # the eighth starts 7/8 of a second after the first

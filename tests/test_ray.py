@@ -32,7 +32,7 @@ def test_ray_plays_the_same_episodes_and_resumes(tmp_path: Path) -> None:
     )
     generate(local, show_progress=False)
     on_ray = local.model_copy(
-        update={"output": tmp_path / "ray.jsonl", "backend": "ray", "ray_chunk": 5}
+        update={"output": tmp_path / "ray.jsonl", "backend": "ray", "ray_workers": 2}
     )
     # A run that crashed after a few episodes: those are not played again.
     done = list(read_trajectories(local.output))[:7]
@@ -48,7 +48,7 @@ def test_ray_plays_the_same_episodes_and_resumes(tmp_path: Path) -> None:
 
 
 def _workers() -> list[int]:
-    found = subprocess.run(["pgrep", "-f", "ray::play_chunk"], capture_output=True, text=True)
+    found = subprocess.run(["pgrep", "-f", "ray::EpisodeWorker"], capture_output=True, text=True)
     return [int(pid) for pid in found.stdout.split()]
 
 
@@ -61,7 +61,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) ->
             teacher=AgentSpec(kind="litellm", llm=llm),
             output=tmp_path / "t.jsonl",
             backend="ray",
-            ray_chunk=4,
+            ray_workers=2,
             concurrency=8,
         )
         result: dict[str, object] = {}
@@ -90,3 +90,28 @@ def test_the_local_student_is_refused_on_ray(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="backend: local"):
         generate(cfg, show_progress=False)
+
+
+def test_simulated_users_are_counted_once_per_episode_on_ray(tmp_path: Path) -> None:
+    """Several episodes share a worker at once: each one's user turns count exactly once."""
+    from trajgym.testing.fake_openai import scripted_user_responder
+    from trajgym.trajectories.generate import UserSpec
+
+    with FakeOpenAIServer(scripted_user_responder) as server:
+        user = UserSpec(
+            kind="litellm", llm=LLMConfig(model="openai/fake", api_base=server.base_url)
+        )
+        local = GenerateConfig(
+            envs=["trajgym/RetailLite-v0"],
+            num_tasks=12,
+            concurrency=6,
+            user=user,
+            output=tmp_path / "local.jsonl",
+        )
+        want = generate(local, show_progress=False).simulator
+        on_ray = local.model_copy(
+            update={"output": tmp_path / "ray.jsonl", "backend": "ray", "ray_workers": 2}
+        )
+        got = generate(on_ray, show_progress=False).simulator
+    assert want.turns > 12  # every episode's user spoke more than once
+    assert got.counts() == want.counts()

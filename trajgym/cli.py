@@ -128,6 +128,13 @@ def generate(
     ] = None,
     user_api_base: Annotated[str | None, typer.Option(help="Base URL for the user model.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Episodes in flight.")] = None,
+    ramp: Annotated[
+        float | None,
+        typer.Option(
+            help="Start the first episodes over this many seconds (about one call's "
+            "latency avoids a burst)."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Base seed.")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="JSONL store.")] = None,
     record: Annotated[
@@ -156,6 +163,7 @@ def generate(
         "num_tasks": num_tasks,
         "samples_per_task": samples,
         "concurrency": concurrency,
+        "ramp_s": ramp,
         "seed": seed,
         "output": output,
         "record": record,

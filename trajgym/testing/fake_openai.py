@@ -54,6 +54,9 @@ class ServerStats:
     faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAULT_KINDS, 0))
     in_flight: int = 0
     max_in_flight: int = 0
+    # (arrival, departure) of every request, as time.time(): the in-flight curve a
+    # benchmark reads back through GET /stats when the server runs in another process.
+    spans: list[tuple[float, float]] = field(default_factory=list)
 
 
 class FakeOpenAIServer:
@@ -101,6 +104,7 @@ class FakeOpenAIServer:
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/stats", self._stats)
         runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
@@ -114,7 +118,14 @@ class FakeOpenAIServer:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
+    async def _stats(self, request: web.Request) -> web.Response:
+        stats = self.stats
+        return web.json_response(
+            {"requests": stats.requests, "replies": stats.replies, "spans": stats.spans}
+        )
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.time()
         body = await request.json()
         self.authorizations.add(request.headers.get("Authorization", ""))
         stats = self.stats
@@ -134,6 +145,7 @@ class FakeOpenAIServer:
             return web.json_response(_completion(body, message))
         finally:
             stats.in_flight -= 1
+            stats.spans.append((arrived, time.time()))
 
     async def _fault(self, kind: str) -> web.Response:
         if kind == "rate_limit":

@@ -9,6 +9,7 @@ model clients are shared, with their own concurrency limits.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import threading
 import time
@@ -91,6 +92,12 @@ class GenerateConfig(BaseModel):
     seed: int = Field(0, description="Base seed; each episode's seed derives from it and its key.")
     output: Path = Field(Path("runs/generate/trajectories.jsonl"), description="JSONL store.")
     concurrency: int = Field(64, ge=1, le=4096, description="Episodes in flight at once.")
+    ramp_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="Start the first `concurrency` episodes evenly over this many seconds "
+        "(a spawn rate): the provider and the client see a stream of calls, not one burst.",
+    )
     max_steps: int | None = Field(
         None, ge=1, description="Truncate episodes after this many agent steps (env's if unset)."
     )
@@ -100,11 +107,14 @@ class GenerateConfig(BaseModel):
     ray_address: str | None = Field(
         None, description="Ray cluster to join ('auto', 'ray://host:10001'); None: start one."
     )
-    ray_chunk: int = Field(
-        16, ge=1, description="Episodes per Ray task (played concurrently on its worker)."
+    ray_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Ray worker processes (actors) sharing the episodes; None: one per CPU "
+        "of the cluster.",
     )
-    ray_task_cpus: float = Field(
-        1.0, gt=0, description="CPUs Ray reserves per task (lower: more tasks per node)."
+    ray_worker_cpus: float = Field(
+        1.0, gt=0, description="CPUs Ray reserves per worker (lower: more workers per node)."
     )
     record: Path | None = Field(
         None, description="Record every LLM call of the run (teacher, user) into this cassette."
@@ -140,6 +150,9 @@ class GenerateReport:
     simulator: SimulatorStats = field(default_factory=SimulatorStats)
     wall_s: float = 0.0
     episodes_wall_s: float = 0.0
+    drain_s: float = 0.0  # from the last episode's start to the end: slots emptying out
+    playing_since: float = 0.0  # perf_counter() when the first episode started
+    all_started: float = 0.0  # perf_counter() when the last episode started
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, t: Trajectory) -> None:
@@ -173,6 +186,7 @@ class GenerateReport:
             "simulator_fault_rate": self.simulator.fault_rate,
             "wall_s": round(self.wall_s, 3),
             "episodes_wall_s": round(self.episodes_wall_s, 3),
+            "drain_s": round(self.drain_s, 3),
             "episodes_per_s": (
                 round(self.written / self.episodes_wall_s, 3) if self.episodes_wall_s else None
             ),
@@ -209,11 +223,13 @@ class EpisodeRunner:
     """Plays episodes by key: the run's model clients, and environments per thread.
 
     Thread-safe; the local backend shares one across its threads, and each Ray worker
-    process builds its own from the config.
+    process builds its own from the config. Simulated users' turns and faults are counted
+    per episode (:meth:`play_counted`) and into ``simulator``, the run's total.
     """
 
     def __init__(self, config: GenerateConfig, simulator: SimulatorStats) -> None:
         self.config = config
+        self.simulator = simulator
         cassette = {"record": config.record, "replay": config.replay}
         spec = config.teacher
         self.teacher = LLMClient(spec.llm.with_cassette(**cassette)) if spec.llm else None
@@ -222,13 +238,24 @@ class EpisodeRunner:
             if config.user.kind == "litellm" and config.user.llm
             else None
         )
-        self.user_factory = _user_factory(users, simulator)
+        self.user_factory = _user_factory(users, lambda: self._local.simulator)
         self.batcher = _student_batcher(config) if spec.kind == "student" else None
         self._local = threading.local()
+        # Build each env's world and task list once, here: its threads would otherwise all
+        # miss the (unlocked) caches together at their first reset and build them each.
+        for env_id in config.envs:
+            make(env_id, split=config.split).unwrapped.tasks(config.split)  # type: ignore[attr-defined]
+        if self.teacher is not None or users is not None:
+            import litellm  # noqa: F401  (seconds: before the first episode, not during)
 
     def play(self, key: Key) -> Trajectory:
         """One episode (environment errors and provider failures end up in the record)."""
+        return self.play_counted(key)[0]
+
+    def play_counted(self, key: Key) -> tuple[Trajectory, SimulatorStats]:
+        """One episode, and its simulated user's turns and faults."""
         config = self.config
+        self._local.simulator = episode_stats = SimulatorStats()
         envs = self._local.__dict__.setdefault("envs", {})
         if key[0] not in envs:
             limit = {"max_episode_steps": config.max_steps} if config.max_steps else {}
@@ -249,7 +276,8 @@ class EpisodeRunner:
             # A reset that raised leaves gymnasium's env checker half-initialised, and the
             # next episode on this env would crash: start the next one on a fresh env.
             envs.pop(key[0]).close()
-        return t
+        self.simulator.add(episode_stats)
+        return t, episode_stats
 
     def close(self) -> None:
         """Stop the student's batcher, if any."""
@@ -271,7 +299,7 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
             if store.append(t):  # the one writer: each key lands once, whoever played it
                 report.add(t)
 
-        episodes_started = time.perf_counter()
+        report.playing_since = time.perf_counter()  # a backend resets it once set up
         # Nothing to play: no model to load, no cluster to start.
         if todo and config.backend == "ray":
             from trajgym.trajectories.ray_backend import play_on_ray
@@ -279,17 +307,20 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
             play_on_ray(config, todo, keep, report, show_progress)
         elif todo:
             runner = EpisodeRunner(config, report.simulator)
+            report.playing_since = time.perf_counter()
             try:
                 _run_all(
                     lambda key: keep(runner.play(key)),
                     todo,
-                    config.concurrency,
+                    config,
                     report,
                     show_progress,
                 )
             finally:
                 runner.close()
-        report.episodes_wall_s = time.perf_counter() - episodes_started
+        ended = time.perf_counter()
+        report.episodes_wall_s = ended - report.playing_since
+        report.drain_s = ended - report.all_started if report.all_started else 0.0
     report.wall_s = time.perf_counter() - started
     summary = config.output.with_suffix(".summary.json")
     summary.write_text(json.dumps(report.as_dict(), indent=1))
@@ -299,27 +330,23 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
 def _run_all(
     run: Callable[[Key], None],
     todo: list[Key],
-    concurrency: int,
+    config: GenerateConfig,
     report: GenerateReport,
     show_progress: bool,
 ) -> None:
     """Keep ``concurrency`` episodes in flight; stop at the first unexpected exception."""
-    progress = Progress(
-        TextColumn("[bold]generate"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        disable=not show_progress,
-    )
+    progress = generation_progress("generate", show_progress)
+    concurrency = config.concurrency
     with progress, ThreadPoolExecutor(max_workers=concurrency) as pool:
         bar = progress.add_task("episodes", total=len(todo), stats=report.line())
         pending: set[Future[None]] = set()
         queue: Iterator[Key] = iter(todo)
-        for key in queue:
-            pending.add(pool.submit(run, key))
-            if len(pending) >= concurrency:
-                break
+        ramp = config.ramp_s / concurrency
+        for n, key in enumerate(itertools.islice(queue, concurrency)):
+            pending.add(pool.submit(_after, n * ramp, run, key))
+        started = len(pending)
+        if started == len(todo):
+            report.all_started = time.perf_counter() + (started - 1) * ramp
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED, timeout=0.25)
             for future in done:
@@ -327,7 +354,27 @@ def _run_all(
                 next_key = next(queue, None)
                 if next_key is not None:
                     pending.add(pool.submit(run, next_key))
+                    started += 1
+                    if started == len(todo):
+                        report.all_started = time.perf_counter()
             progress.update(bar, completed=report.written, stats=report.line())
+
+
+def _after(delay_s: float, run: Callable[[Key], None], key: Key) -> None:
+    time.sleep(delay_s)
+    run(key)
+
+
+def generation_progress(label: str, show: bool) -> Progress:
+    """The progress bar both backends show: episodes done, live counters, time."""
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        disable=not show,
+    )
 
 
 def _make_agent(spec: AgentSpec, client: LLMClient | None, batcher: Any = None) -> Agent:
@@ -367,11 +414,13 @@ def _student_batcher(config: GenerateConfig) -> Any:
     )
 
 
-def _user_factory(client: LLMClient | None, stats: SimulatorStats) -> UserFactory | str:
+def _user_factory(
+    client: LLMClient | None, stats: Callable[[], SimulatorStats]
+) -> UserFactory | str:
     if client is None:
         return "scripted"
 
     def factory(task: Any, persona: Any, seed: int) -> LLMUser:
-        return LLMUser(client, task, persona, seed, stats=stats)
+        return LLMUser(client, task, persona, seed, stats=stats())
 
     return factory

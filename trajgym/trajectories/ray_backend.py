@@ -1,12 +1,15 @@
-"""Generation on a Ray cluster: workers play the episodes, the driver alone writes the store.
+"""Generation on a Ray cluster: worker actors play the episodes, the driver alone writes.
 
-Each Ray task plays a chunk of episode keys concurrently on its worker, a process that
-builds its own environments, sandboxes and model clients from the run's config, and
-returns the trajectories; the driver appends them to the keyed store as they arrive. A
-worker lost mid-chunk makes Ray run the chunk again elsewhere (``max_retries``): its
-episodes replay identically, since their seeds derive from their keys, and the store keeps
-each key once, so nothing is lost and nothing is written twice. Resuming works as on one
-machine: keys already in the store are never sent out.
+Each worker is a Ray actor, a process that builds its own environments, sandboxes and model
+clients from the run's config once, then plays episodes on its threads. The driver keeps
+``concurrency`` episodes in flight, one Ray call per episode, sent to the least busy worker,
+so a slot is refilled the moment its episode ends (no chunk waiting for its slowest
+episode), and appends each trajectory to the keyed store as it arrives.
+
+A worker lost mid-run is restarted by Ray and its unfinished episodes are played again
+(``max_restarts`` / ``max_task_retries``): they replay identically, since their seeds derive
+from their keys, and the store keeps each key once, so nothing is lost and nothing is written
+twice. Resuming works as on one machine: keys already in the store are never sent out.
 
 On a real cluster, trajgym must be importable on every node (install it there, or pass a
 ``runtime_env`` when connecting), and provider keys must be in the workers' environment.
@@ -14,15 +17,11 @@ On a real cluster, trajgym must be importable on every node (install it there, o
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import math
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
-
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trajgym.envs.users.llm import SimulatorStats
 from trajgym.errors import ConfigError
@@ -30,10 +29,28 @@ from trajgym.trajectories.schema import Trajectory
 from trajgym.trajectories.store import Key
 
 if TYPE_CHECKING:
-    from trajgym.trajectories.generate import EpisodeRunner, GenerateConfig, GenerateReport
+    from trajgym.trajectories.generate import GenerateConfig, GenerateReport
 
-# A chunk whose worker dies is run again this many times before the run stops.
+# A worker that dies is restarted, and its episodes retried, this many times.
 MAX_RETRIES = 5
+
+
+class EpisodeWorker:
+    """A Ray actor: one process's environments and clients, playing episodes on threads."""
+
+    def __init__(self, payload: str) -> None:
+        from trajgym.trajectories.generate import EpisodeRunner, GenerateConfig
+
+        self.runner = EpisodeRunner(GenerateConfig.model_validate_json(payload), SimulatorStats())
+
+    def ready(self) -> bool:
+        """Answers once the worker is built (the driver waits for every one)."""
+        return True
+
+    def play(self, key: Key) -> tuple[str, dict[str, Any]]:
+        """One episode as JSON, and its simulated user's turns and faults."""
+        trajectory, simulator = self.runner.play_counted(tuple(key))  # type: ignore[arg-type]
+        return trajectory.model_dump_json(), simulator.counts()
 
 
 def play_on_ray(
@@ -45,6 +62,8 @@ def play_on_ray(
 ) -> None:
     """Play ``todo`` on Ray, handing each trajectory to ``keep`` on the driver."""
     import ray
+
+    from trajgym.trajectories.generate import generation_progress
 
     if config.teacher.kind == "student":
         raise ConfigError(
@@ -59,81 +78,62 @@ def play_on_ray(
             logging_level=logging.ERROR,
             log_to_driver=False,
         )
-    play = ray.remote(max_retries=MAX_RETRIES, num_cpus=config.ray_task_cpus)(play_chunk)
-    payload = config.model_dump_json()
-    chunks = iter([todo[i : i + config.ray_chunk] for i in range(0, len(todo), config.ray_chunk)])
-    in_flight = max(1, math.ceil(config.concurrency / config.ray_chunk))
-    progress = Progress(
-        TextColumn("[bold]generate (ray)"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        disable=not show_progress,
-    )
     try:
-        with progress:
+        workers = _start_workers(ray, config, len(todo))
+        report.playing_since = time.perf_counter()
+        load = dict.fromkeys(range(len(workers)), 0)  # episodes in flight per worker
+        pending: dict[Any, tuple[int, Key]] = {}
+        queue = iter(todo)
+        sent = 0
+
+        def send(key: Key) -> None:
+            nonlocal sent
+            worker = min(load, key=load.__getitem__)
+            load[worker] += 1
+            pending[workers[worker].play.remote(key)] = (worker, key)
+            sent += 1
+            if sent == len(todo):
+                report.all_started = time.perf_counter()
+
+        with generation_progress("generate (ray)", show_progress) as progress:
             bar = progress.add_task("episodes", total=len(todo), stats=report.line())
-            pending = {play.remote(payload, c): c for c in itertools.islice(chunks, in_flight)}
+            for key in _first(queue, config.concurrency):
+                send(key)
+                time.sleep(config.ramp_s / config.concurrency)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
+                if ready:  # take every finished one, not just the first
+                    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
                 for ref in ready:
-                    del pending[ref]
-                    lines, simulator = ray.get(ref)  # a chunk out of retries raises here
-                    for line in lines:
-                        keep(Trajectory.model_validate_json(line))
-                    _add(report.simulator, simulator)
-                    following = next(chunks, None)
+                    worker, _ = pending.pop(ref)
+                    load[worker] -= 1
+                    line, simulator = ray.get(ref)  # a worker out of restarts raises here
+                    keep(Trajectory.model_validate_json(line))
+                    report.simulator.add(SimulatorStats.from_counts(simulator))
+                    following = next(queue, None)
                     if following is not None:
-                        pending[play.remote(payload, following)] = following
+                        send(following)
                 progress.update(bar, completed=report.written, stats=report.line())
     finally:
         if started_here:
             ray.shutdown()
 
 
-_RUNNERS: dict[str, tuple[EpisodeRunner, SimulatorStats]] = {}
+def _start_workers(ray: Any, config: GenerateConfig, episodes: int) -> list[Any]:
+    """The run's worker actors, each allowed its share of the concurrency on its threads."""
+    count = config.ray_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    count = max(1, min(count, episodes, config.concurrency))
+    actor = ray.remote(
+        num_cpus=config.ray_worker_cpus,
+        max_concurrency=math.ceil(config.concurrency / count),
+        max_restarts=MAX_RETRIES,
+        max_task_retries=MAX_RETRIES,
+    )(EpisodeWorker)
+    payload = config.model_dump_json()
+    workers = [actor.remote(payload) for _ in range(count)]
+    ray.get([worker.ready.remote() for worker in workers])
+    return workers
 
 
-def play_chunk(payload: str, keys: list[Key]) -> tuple[list[str], dict[str, Any]]:
-    """On a worker: play ``keys`` concurrently; their trajectories as JSON, and user faults.
-
-    The runner (environments, clients) is built once per worker process and config.
-    """
-    from trajgym.trajectories.generate import EpisodeRunner, GenerateConfig
-
-    digest = hashlib.sha256(payload.encode()).hexdigest()
-    if digest not in _RUNNERS:
-        stats = SimulatorStats()
-        _RUNNERS[digest] = (
-            EpisodeRunner(GenerateConfig.model_validate_json(payload), stats),
-            stats,
-        )
-    runner, stats = _RUNNERS[digest]
-    before = _counts(stats)
-    with ThreadPoolExecutor(max_workers=len(keys)) as pool:
-        trajectories = list(pool.map(runner.play, [tuple(k) for k in keys]))
-    after = _counts(stats)
-    delta = {
-        "turns": after["turns"] - before["turns"],
-        "failed_users": after["failed_users"] - before["failed_users"],
-        "faults": {k: n - before["faults"].get(k, 0) for k, n in after["faults"].items()},
-    }
-    return [t.model_dump_json() for t in trajectories], delta
-
-
-def _counts(stats: SimulatorStats) -> dict[str, Any]:
-    with stats._lock:
-        return {
-            "turns": stats.turns,
-            "failed_users": stats.failed_users,
-            "faults": dict(stats.faults),
-        }
-
-
-def _add(stats: SimulatorStats, delta: dict[str, Any]) -> None:
-    with stats._lock:
-        stats.turns += delta["turns"]
-        stats.failed_users += delta["failed_users"]
-        for kind, n in delta["faults"].items():
-            stats.faults[kind] = stats.faults.get(kind, 0) + n
+def _first(queue: Any, n: int) -> list[Key]:
+    return [key for _, key in zip(range(n), queue, strict=False)]

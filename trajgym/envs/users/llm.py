@@ -12,6 +12,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from trajgym.agents.llm import LLMClient
 from trajgym.envs.users.base import STOP, Persona
@@ -57,6 +58,29 @@ class SimulatorStats:
     def fault_rate(self) -> float:
         """Faulty replies per user turn."""
         return sum(self.faults.values()) / max(1, self.turns)
+
+    def add(self, other: SimulatorStats) -> None:
+        """Count ``other``'s turns and faults here too (one episode's, into a run's)."""
+        counts = other.counts()
+        with self._lock:
+            self.turns += counts["turns"]
+            self.failed_users += counts["failed_users"]
+            for kind, n in counts["faults"].items():
+                self.faults[kind] = self.faults.get(kind, 0) + n
+
+    def counts(self) -> dict[str, Any]:
+        """A consistent JSON-ready snapshot (what a Ray worker sends back)."""
+        with self._lock:
+            return {
+                "turns": self.turns,
+                "failed_users": self.failed_users,
+                "faults": dict(self.faults),
+            }
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, Any]) -> SimulatorStats:
+        """The inverse of :meth:`counts`."""
+        return cls(counts["turns"], dict(counts["faults"]), counts["failed_users"])
 
 
 class LLMUser:
