@@ -195,6 +195,10 @@ class LLMClient:
         }
         optional = {"api_base": c.api_base, "top_p": c.top_p, "seed": c.seed}
         kwargs.update({k: v for k, v in optional.items() if v is not None})
+        if c.api_base and c.input_cost_per_token is None and c.output_cost_per_token is None:
+            # A self-hosted server has no price: saying so spares litellm a failing price-list
+            # lookup on every call (a tenth of its CPU a call, which bounds concurrency).
+            kwargs.update(input_cost_per_token=0.0, output_cost_per_token=0.0)
         if tools:
             kwargs["tools"] = tools
         retrying = AsyncRetrying(
