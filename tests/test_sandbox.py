@@ -215,3 +215,14 @@ def test_killing_the_warm_executor_resets_the_sandbox_not_the_workspace() -> Non
         result = sandbox.exec("kill -9 -1")
         assert result.exit_code != 0 and "restarted" in result.stderr and sandbox.resets == 1
         assert sandbox.exec("cat keep.txt").stdout == "kept"
+
+
+def test_input_the_command_never_reads_is_no_problem(box) -> None:
+    """A command that exits without reading a large input, or is killed at its timeout while
+    the input is still being written, leaves the sandbox working."""
+    big = "x" * 2**20  # beyond any pipe buffer: the writer must block, then fail
+    assert box.exec("true", stdin=big).exit_code == 0
+    slow = box.exec("sleep 5", stdin=big, timeout_s=0.5)
+    assert slow.timed_out
+    assert box.exec("wc -c", stdin=big).stdout.strip() == str(2**20)  # input still arrives whole
+    still_works(box)
