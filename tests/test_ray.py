@@ -115,3 +115,11 @@ def test_simulated_users_are_counted_once_per_episode_on_ray(tmp_path: Path) -> 
         got = generate(on_ray, show_progress=False).simulator
     assert want.turns > 12  # every episode's user spoke more than once
     assert got.counts() == want.counts()
+
+
+def test_more_workers_than_the_cluster_can_place_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = GenerateConfig(num_tasks=64, backend="ray", ray_workers=64, output=tmp_path / "w.jsonl")
+    with pytest.raises(ConfigError, match="ray_worker_cpus"):
+        generate(cfg, show_progress=False)
+    relaxed = cfg.model_copy(update={"ray_workers": 2, "ray_worker_cpus": 0.5})
+    assert generate(relaxed, show_progress=False).written == 64

@@ -121,8 +121,15 @@ def play_on_ray(
 
 def _start_workers(ray: Any, config: GenerateConfig, episodes: int) -> list[Any]:
     """The run's worker actors, each allowed its share of the concurrency on its threads."""
-    count = config.ray_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    count = config.ray_workers or max(1, int(cpus))
     count = max(1, min(count, episodes, config.concurrency))
+    if count * config.ray_worker_cpus > cpus:  # Ray would wait for them forever
+        raise ConfigError(
+            f"{count} Ray workers x {config.ray_worker_cpus} CPUs each (ray_worker_cpus) need "
+            f"{count * config.ray_worker_cpus:g} CPUs; the cluster has {cpus:g}. Lower "
+            "ray_workers, or ray_worker_cpus (workers mostly wait on the network)."
+        )
     actor = ray.remote(
         num_cpus=config.ray_worker_cpus,
         max_concurrency=math.ceil(config.concurrency / count),
