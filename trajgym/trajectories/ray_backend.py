@@ -17,6 +17,7 @@ On a real cluster, trajgym must be importable on every node (install it there, o
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -82,7 +83,7 @@ def play_on_ray(
         workers = _start_workers(ray, config, len(todo))
         report.playing_since = time.perf_counter()
         load = dict.fromkeys(range(len(workers)), 0)  # episodes in flight per worker
-        pending: dict[Any, tuple[int, Key]] = {}
+        pending: dict[Any, int] = {}  # episode's ref -> its worker
         queue = iter(todo)
         sent = 0
 
@@ -90,14 +91,14 @@ def play_on_ray(
             nonlocal sent
             worker = min(load, key=load.__getitem__)
             load[worker] += 1
-            pending[workers[worker].play.remote(key)] = (worker, key)
+            pending[workers[worker].play.remote(key)] = worker
             sent += 1
             if sent == len(todo):
                 report.all_started = time.perf_counter()
 
         with generation_progress("generate (ray)", show_progress) as progress:
             bar = progress.add_task("episodes", total=len(todo), stats=report.line())
-            for key in _first(queue, config.concurrency):
+            for key in itertools.islice(queue, config.concurrency):
                 send(key)
                 time.sleep(config.ramp_s / config.concurrency)
             while pending:
@@ -105,8 +106,7 @@ def play_on_ray(
                 if ready:  # take every finished one, not just the first
                     ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
                 for ref in ready:
-                    worker, _ = pending.pop(ref)
-                    load[worker] -= 1
+                    load[pending.pop(ref)] -= 1
                     line, simulator = ray.get(ref)  # a worker out of restarts raises here
                     keep(Trajectory.model_validate_json(line))
                     report.simulator.add(SimulatorStats.from_counts(simulator))
@@ -140,7 +140,3 @@ def _start_workers(ray: Any, config: GenerateConfig, episodes: int) -> list[Any]
     workers = [actor.remote(payload) for _ in range(count)]
     ray.get([worker.ready.remote() for worker in workers])
     return workers
-
-
-def _first(queue: Any, n: int) -> list[Key]:
-    return [key for _, key in zip(range(n), queue, strict=False)]
