@@ -20,7 +20,7 @@ import trajgym  # noqa: F401
 from trajgym.envs import make
 from trajgym.envs.retail.tools import RetailState, get_order_details
 from trajgym.envs.retail.world import World, make_world
-from trajgym.trajectories.schema import FunctionCall, Message, ToolCall
+from trajgym.records.schema import FunctionCall, Message, ToolCall
 
 
 def per_call(fn: Callable[[], object], n: int, repeats: int = 5) -> float:

@@ -23,7 +23,7 @@ from trajgym.agents.expert import ScriptedExpert
 from trajgym.agents.kv_sessions import SessionGenerator
 from trajgym.agents.models import load_student
 from trajgym.envs import make
-from trajgym.trajectories.rollout import rollout
+from trajgym.rollouts.rollout import rollout
 
 
 def main() -> None:

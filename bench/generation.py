@@ -30,10 +30,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from trajgym.agents.llm import LLMConfig
+from trajgym.llm.client import LLMConfig
 from trajgym.testing.fake_openai import serve_forever
-from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate, plan
-from trajgym.trajectories.store import read_trajectories
+from trajgym.rollouts.generate import AgentSpec, GenerateConfig, generate, plan
+from trajgym.records.store import read_trajectories
 
 
 def in_flight_share(

@@ -24,8 +24,8 @@ import torch
 
 from trajgym.agents.models import DEFAULT_STUDENT, load_student
 from trajgym.train.sft import SFTConfig, train
-from trajgym.trajectories.export import ExportFilter, export
-from trajgym.trajectories.generate import GenerateConfig, generate
+from trajgym.train.export import ExportFilter, export
+from trajgym.rollouts.generate import GenerateConfig, generate
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from trajgym.agents.cassette import (
+from trajgym.llm.cassette import (
     REPLAY_ENV,
     Cassette,
     CassetteError,
@@ -27,7 +27,7 @@ from trajgym.agents.cassette import (
     cassette_scope,
     open_cassette,
 )
-from trajgym.agents.llm import LLMClient, LLMConfig
+from trajgym.llm.client import LLMClient, LLMConfig
 from trajgym.cli import app
 from trajgym.envs.base import ToolEnv
 from trajgym.errors import ConfigError, ProviderError
@@ -38,12 +38,12 @@ from trajgym.testing.fake_openai import (
     scripted_agent_responder,
     scripted_user_responder,
 )
-from trajgym.trajectories.calibration import grade_all
-from trajgym.trajectories.generate import AgentSpec, GenerateConfig, UserSpec, generate
-from trajgym.trajectories.judge import rubric_criteria
-from trajgym.trajectories.llm_judge import LLMJudge
-from trajgym.trajectories.schema import Trajectory
-from trajgym.trajectories.store import read_trajectories
+from trajgym.judges.calibration import grade_all
+from trajgym.rollouts.generate import AgentSpec, GenerateConfig, UserSpec, generate
+from trajgym.judges.judge import rubric_criteria
+from trajgym.judges.llm_judge import LLMJudge
+from trajgym.records.schema import Trajectory
+from trajgym.records.store import read_trajectories
 
 Key = tuple[str, str, int]
 
@@ -402,7 +402,7 @@ def test_cli_generate_records_and_replays(tmp_path: Path) -> None:
 
 
 def test_scopes_nest_and_restore() -> None:
-    from trajgym.agents.cassette import current_scope
+    from trajgym.llm.cassette import current_scope
 
     assert current_scope() is None
     with cassette_scope("a", 1) as outer:

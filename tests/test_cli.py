@@ -9,7 +9,7 @@ import sys
 from typer.testing import CliRunner
 
 from trajgym.cli import app
-from trajgym.trajectories.schema import Trajectory
+from trajgym.records.schema import Trajectory
 
 runner = CliRunner()
 

@@ -9,10 +9,10 @@ from conftest import needs_smollm2
 from typer.testing import CliRunner
 
 from trajgym.cli import app
-from trajgym.compare import CompareConfig
+from trajgym.experiments.compare import CompareConfig
 from trajgym.config import load_config
 from trajgym.errors import ConfigError
-from trajgym.trajectories.store import read_trajectories
+from trajgym.records.store import read_trajectories
 
 
 @needs_smollm2

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from trajgym.cli import app
 from trajgym.train.evaluate import bootstrap_ci, pass_at_k, pass_hat_k, summarize
-from trajgym.trajectories.generate import GenerateConfig, generate
-from trajgym.trajectories.store import read_trajectories
+from trajgym.rollouts.generate import GenerateConfig, generate
+from trajgym.records.store import read_trajectories
 
 
 def test_pass_at_k_and_pass_hat_k() -> None:

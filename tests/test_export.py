@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from trajgym.agents.tool_text import chatml, to_text_messages
-from trajgym.trajectories.export import ExportFilter, export
-from trajgym.trajectories.generate import GenerateConfig, generate
-from trajgym.trajectories.schema import Message
-from trajgym.trajectories.store import read_trajectories
+from trajgym.train.export import ExportFilter, export
+from trajgym.rollouts.generate import GenerateConfig, generate
+from trajgym.records.schema import Message
+from trajgym.records.store import read_trajectories
 
 
 @pytest.fixture(scope="module")

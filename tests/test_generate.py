@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from trajgym.agents.llm import LLMConfig
+from trajgym.llm.client import LLMConfig
 from trajgym.config import load_config
 from trajgym.errors import ConfigError
 from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan, scripted_agent_responder
-from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate, plan
-from trajgym.trajectories.store import StoreError, TrajectoryStore, read_trajectories
+from trajgym.rollouts.generate import AgentSpec, GenerateConfig, generate, plan
+from trajgym.records.store import StoreError, TrajectoryStore, read_trajectories
 
 
 def keys_in(path: Path) -> list[tuple[str, str, int]]:
@@ -179,7 +179,7 @@ def test_a_user_whose_opening_fails_does_not_stop_the_run(tmp_path: Path) -> Non
     """A failed reset (the LLM user's first words never came) is one error episode; the
     next episode on that worker starts on a fresh environment instead of crashing the run."""
     from trajgym.testing.fake_openai import scripted_user_responder
-    from trajgym.trajectories.generate import UserSpec
+    from trajgym.rollouts.generate import UserSpec
 
     with FakeOpenAIServer(scripted_user_responder, faults=FaultPlan(rate=0.3, seed=1)) as server:
         user = LLMConfig(

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from trajgym.agents.baselines import DoNothingAgent, RandomToolAgent
 from trajgym.agents.expert import ScriptedExpert
-from trajgym.agents.llm import LLMConfig
-from trajgym.cli_judge import judge_app
+from trajgym.llm.client import LLMConfig
+from trajgym.cli.judge import judge_app
 from trajgym.envs import make
 from trajgym.errors import TrajgymError
 from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan
-from trajgym.trajectories.calibration import (
+from trajgym.judges.calibration import (
     JudgeConfig,
     agreement_metrics,
     calibrate,
@@ -27,17 +27,17 @@ from trajgym.trajectories.calibration import (
     grade_file,
     make_judge,
 )
-from trajgym.trajectories.judge import EmbeddedJudge, rubric_criteria
-from trajgym.trajectories.llm_judge import LLMJudge, extract_json
-from trajgym.trajectories.rollout import rollout
-from trajgym.trajectories.schema import (
+from trajgym.judges.judge import EmbeddedJudge, rubric_criteria
+from trajgym.judges.llm_judge import LLMJudge, extract_json
+from trajgym.rollouts.rollout import rollout
+from trajgym.records.schema import (
     FunctionCall,
     JudgeVerdict,
     Message,
     ToolCall,
     Trajectory,
 )
-from trajgym.trajectories.store import read_trajectories
+from trajgym.records.store import read_trajectories
 
 ENV = "trajgym/RetailLite-v0"
 CRITERIA = ["goal", "policy", "truthful", "economical"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import GGUF
 
-from trajgym.agents.llm import LLMConfig
-from trajgym.trajectories.generate import AgentSpec, GenerateConfig, UserSpec, generate
-from trajgym.trajectories.store import read_trajectories
+from trajgym.llm.client import LLMConfig
+from trajgym.rollouts.generate import AgentSpec, GenerateConfig, UserSpec, generate
+from trajgym.records.store import read_trajectories
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
 if GGUF is None:

@@ -12,7 +12,7 @@ from trajgym.agents.expert import ScriptedExpert
 from trajgym.agents.tool_text import chat_template, render_call
 from trajgym.envs import make
 from trajgym.train.masks import TemplateError, tokenize_with_masks
-from trajgym.trajectories.rollout import rollout
+from trajgym.rollouts.rollout import rollout
 
 LLAMA3 = (
     "{{- bos_token }}{%- for m in messages %}"
@@ -60,7 +60,7 @@ def mistral_turn(m: dict, eos: str) -> str:
 
 
 def chatml_turn(m: dict) -> str:
-    from trajgym.trajectories.schema import ToolCall
+    from trajgym.records.schema import ToolCall
 
     parts = [m["content"]] if m.get("content") else []
     parts += [render_call(ToolCall.model_validate(c)) for c in m.get("tool_calls") or []]

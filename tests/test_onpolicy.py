@@ -12,23 +12,23 @@ from trajgym.agents.base import EpisodeContext
 from trajgym.agents.baselines import DoNothingAgent
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.agents.expert_labeler import ExpertLabeler
-from trajgym.agents.llm import LLMConfig
+from trajgym.llm.client import LLMConfig
 from trajgym.agents.tool_text import chatml, to_text_messages
 from trajgym.envs import make
 from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from trajgym.train.masks import tokenize_with_masks
 from trajgym.train.sft import SFTConfig, load_examples
-from trajgym.trajectories.generate import AgentSpec
-from trajgym.trajectories.onpolicy import (
+from trajgym.rollouts.generate import AgentSpec
+from trajgym.rollouts.onpolicy import (
     label,
     label_file,
     same_action,
     teacher_agent,
     training_conversations,
 )
-from trajgym.trajectories.rollout import rollout
-from trajgym.trajectories.schema import FunctionCall, Message, TeacherLabel, ToolCall, Trajectory
-from trajgym.trajectories.store import TrajectoryStore, read_trajectories
+from trajgym.rollouts.rollout import rollout
+from trajgym.records.schema import FunctionCall, Message, TeacherLabel, ToolCall, Trajectory
+from trajgym.records.store import TrajectoryStore, read_trajectories
 
 
 def context(env, t: Trajectory) -> EpisodeContext:

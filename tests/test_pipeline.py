@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from trajgym.cli import app
 from trajgym.config import load_config
 from trajgym.errors import ConfigError
-from trajgym.pipeline import PipelineConfig
-from trajgym.trajectories.store import read_trajectories
+from trajgym.experiments.pipeline import PipelineConfig
+from trajgym.records.store import read_trajectories
 
 
 @needs_smollm2

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from trajgym.agents.llm import LLMConfig
+from trajgym.llm.client import LLMConfig
 from trajgym.errors import ConfigError
 from trajgym.testing.fake_openai import FakeOpenAIServer, scripted_agent_responder
-from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate, plan
-from trajgym.trajectories.store import TrajectoryStore, read_trajectories
+from trajgym.rollouts.generate import AgentSpec, GenerateConfig, generate, plan
+from trajgym.records.store import TrajectoryStore, read_trajectories
 
 ray = pytest.importorskip("ray")
 
@@ -95,7 +95,7 @@ def test_the_local_student_is_refused_on_ray(tmp_path: Path) -> None:
 def test_simulated_users_are_counted_once_per_episode_on_ray(tmp_path: Path) -> None:
     """Several episodes share a worker at once: each one's user turns count exactly once."""
     from trajgym.testing.fake_openai import scripted_user_responder
-    from trajgym.trajectories.generate import UserSpec
+    from trajgym.rollouts.generate import UserSpec
 
     with FakeOpenAIServer(scripted_user_responder) as server:
         user = UserSpec(

@@ -12,7 +12,7 @@ import torch
 from conftest import needs_smollm2
 from helpers import tiny_model, tiny_tokenizer
 
-from trajgym.agents.batching import Generated
+from trajgym.agents.replies import Generated
 from trajgym.agents.tool_text import chatml, to_text_messages
 from trajgym.train.masks import generated_sequences, tokenize_with_masks
 from trajgym.train.rl import (
@@ -27,9 +27,9 @@ from trajgym.train.rl import (
     task_pool,
     train,
 )
-from trajgym.trajectories.generate import GenerateConfig, generate
-from trajgym.trajectories.schema import Trajectory
-from trajgym.trajectories.store import read_trajectories
+from trajgym.rollouts.generate import GenerateConfig, generate
+from trajgym.records.schema import Trajectory
+from trajgym.records.store import read_trajectories
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_policy_loss_is_the_clipped_surrogate(tiny: Path) -> None:
 
 
 def test_episode_reward_weights_success_and_shaping() -> None:
-    from trajgym.trajectories.schema import Provenance, Trajectory
+    from trajgym.records.schema import Provenance, Trajectory
 
     t = Trajectory(
         env_id="e",

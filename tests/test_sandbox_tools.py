@@ -9,7 +9,7 @@ import pytest
 
 from trajgym.tools.sandbox import ProcessSandbox, SandboxLimits, isolation
 from trajgym.tools.sandbox.tools import SANDBOX_TOOLKIT
-from trajgym.trajectories.schema import FunctionCall, ToolCall
+from trajgym.records.schema import FunctionCall, ToolCall
 
 pytestmark = pytest.mark.skipif(not all(isolation().values()), reason=str(isolation()))
 

@@ -7,8 +7,8 @@ import pytest
 
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.envs import make
-from trajgym.trajectories.rollout import rollout
-from trajgym.trajectories.schema import Message, Trajectory, Usage
+from trajgym.rollouts.rollout import rollout
+from trajgym.records.schema import Message, Trajectory, Usage
 
 
 def test_trajectory_round_trips_and_is_openai_shaped() -> None:

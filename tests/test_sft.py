@@ -10,8 +10,8 @@ from helpers import tiny_model, tiny_tokenizer
 
 from trajgym.agents.tool_text import chatml, to_text_messages
 from trajgym.train.sft import SFTConfig, train
-from trajgym.trajectories.generate import GenerateConfig, generate
-from trajgym.trajectories.store import read_trajectories
+from trajgym.rollouts.generate import GenerateConfig, generate
+from trajgym.records.store import read_trajectories
 
 
 @pytest.fixture(scope="module")

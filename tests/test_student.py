@@ -9,7 +9,7 @@ from trajgym.agents.expert import ScriptedExpert
 from trajgym.agents.student import StudentAgent, StudentConfig
 from trajgym.agents.tool_text import chatml, to_text_messages
 from trajgym.envs import make
-from trajgym.trajectories.rollout import rollout
+from trajgym.rollouts.rollout import rollout
 
 
 def corpus() -> list[str]:
@@ -120,8 +120,8 @@ def test_batched_generation_matches_one_by_one_and_batches_episodes() -> None:
 
 
 def test_generation_with_a_student_on_disk(tmp_path) -> None:
-    from trajgym.trajectories.generate import GenerateConfig, generate
-    from trajgym.trajectories.store import read_trajectories
+    from trajgym.rollouts.generate import GenerateConfig, generate
+    from trajgym.records.store import read_trajectories
 
     tok = tiny_tokenizer(corpus())
     tiny_model(tok).save_pretrained(tmp_path / "tiny")

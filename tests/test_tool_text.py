@@ -11,8 +11,8 @@ from trajgym.agents.expert import ScriptedExpert
 from trajgym.agents.tool_text import chatml, parse_reply, to_text_messages, tools_prompt
 from trajgym.envs import make
 from trajgym.tools import tool
-from trajgym.trajectories.rollout import rollout
-from trajgym.trajectories.schema import Message
+from trajgym.rollouts.rollout import rollout
+from trajgym.records.schema import Message
 
 
 def test_hermes_calls_with_text_around() -> None:

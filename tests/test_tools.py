@@ -11,7 +11,7 @@ import pytest
 
 from trajgym.envs.retail.tools import RETAIL_TOOLKIT
 from trajgym.tools import ToolError, Toolkit, tool
-from trajgym.trajectories.schema import FunctionCall, ToolCall
+from trajgym.records.schema import FunctionCall, ToolCall
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "retail_tools.json"
 

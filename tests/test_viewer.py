@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from trajgym import cli_view
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.envs import make
-from trajgym.trajectories.rollout import rollout
-from trajgym.trajectories.schema import (
+from trajgym.rollouts.rollout import rollout
+from trajgym.records.schema import (
     Finding,
     FunctionCall,
     JudgeVerdict,
@@ -34,7 +34,7 @@ from trajgym.trajectories.schema import (
     ToolCall,
     Trajectory,
 )
-from trajgym.trajectories.viewer import facets, load_sources, page_data, render_html, write_report
+from trajgym.views.viewer import facets, load_sources, page_data, render_html, write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(

@@ -17,8 +17,8 @@ from trajgym.envs.workspace import WorkspaceEnv
 from trajgym.envs.workspace.code import catalog
 from trajgym.envs.workspace.tasks import make_tasks
 from trajgym.tools.sandbox import docker_available
-from trajgym.trajectories.rollout import rollout
-from trajgym.trajectories.schema import FunctionCall, Message, Task, ToolCall
+from trajgym.rollouts.rollout import rollout
+from trajgym.records.schema import FunctionCall, Message, Task, ToolCall
 
 ENV_ID = "trajgym/Workspace-v0"
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from trajgym.trajectories.schema import Message, Provenance, Task
+from trajgym.records.schema import Message, Provenance, Task
 
 
 class EpisodeContext(BaseModel):

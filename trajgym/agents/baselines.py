@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trajgym.agents.base import EpisodeContext
-from trajgym.trajectories.schema import FunctionCall, Message, Provenance, ToolCall
+from trajgym.records.schema import FunctionCall, Message, Provenance, ToolCall
 
 
 class DoNothingAgent:

@@ -19,12 +19,12 @@ import yaml
 
 from trajgym.agents.base import EpisodeContext
 from trajgym.envs import domain_package
-from trajgym.trajectories.schema import Action, FunctionCall, Intent, Message, Provenance, ToolCall
+from trajgym.records.schema import Action, FunctionCall, Intent, Message, Provenance, ToolCall
 
 _MY = re.compile(r"\bmy\b")
 
 
-def _addressed(slots: dict[str, str]) -> dict[str, str]:
+def addressed(slots: dict[str, str]) -> dict[str, str]:
     """The user's facts as the agent says them back ('my card' -> 'your card')."""
     return {k: _MY.sub("your", v) for k, v in slots.items()}
 
@@ -79,7 +79,7 @@ class ScriptedExpert:
                 yield self._say(self._pick(self.words["ask_slots"]).format(slots=listed))
             for action in intent.actions:
                 if action.name in self.confirm_tools:
-                    what = self.words["actions"][action.name].format(**_addressed(intent.slots))
+                    what = self.words["actions"][action.name].format(**addressed(intent.slots))
                     yield self._say(self._pick(self.words["confirm"]).format(action=what))
                 if action.name.startswith("transfer_to_human"):
                     yield self._call(action, content=self._pick(self.words["transfer"]))
@@ -94,7 +94,7 @@ class ScriptedExpert:
     def _report(self, intent: Intent) -> str:
         template = self.words["reports"].get(intent.kind, "")
         output = intent.outputs[0] if intent.outputs else ""
-        return str(template.format(output=output, **_addressed(intent.slots)))
+        return str(template.format(output=output, **addressed(intent.slots)))
 
     def _heard(self, value: str) -> bool:
         return any(value in m.text for m in self._messages if m.role == "user")

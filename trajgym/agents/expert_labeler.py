@@ -15,9 +15,9 @@ import random
 from collections.abc import Sequence
 
 from trajgym.agents.base import EpisodeContext
-from trajgym.agents.expert import ScriptedExpert, _addressed
-from trajgym.envs.verify import _AFFIRM, outputs_told
-from trajgym.trajectories.schema import Action, Intent, Message, Provenance
+from trajgym.agents.expert import ScriptedExpert, addressed
+from trajgym.envs.verify import affirms, outputs_told
+from trajgym.records.schema import Action, Intent, Message, Provenance
 
 
 class ExpertLabeler(ScriptedExpert):
@@ -63,7 +63,7 @@ class ExpertLabeler(ScriptedExpert):
                 return self._say(self._pick(self.words["ask_slots"]).format(slots=listed))
             action = pending[0]
             if action.name in self.confirm_tools and not self._just_confirmed():
-                what = self.words["actions"][action.name].format(**_addressed(intent.slots))
+                what = self.words["actions"][action.name].format(**addressed(intent.slots))
                 return self._say(self._pick(self.words["confirm"]).format(action=what))
             if action.name.startswith("transfer_to_human"):
                 return self._call(action, content=self._pick(self.words["transfer"]))
@@ -112,7 +112,7 @@ class ExpertLabeler(ScriptedExpert):
         asked, answered = self._messages[-2], self._messages[-1]
         return (
             answered.role == "user"
-            and _AFFIRM.search(answered.text) is not None
+            and affirms(answered.text)
             and asked.role == "assistant"
             and not asked.tool_calls
         )

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from trajgym.agents.batching import Generated
+from trajgym.agents.replies import Generated
 
 
 @dataclass

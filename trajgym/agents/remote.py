@@ -19,7 +19,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from trajgym.agents.batching import Generated
+from trajgym.agents.replies import Generated
 from trajgym.errors import InfrastructureError
 
 

@@ -14,10 +14,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajgym.agents.base import EpisodeContext
-from trajgym.agents.batching import Generated, ReplySource
 from trajgym.agents.kv_sessions import SessionGenerator
+from trajgym.agents.replies import Generated, ReplySource
 from trajgym.agents.tool_text import parse_reply
-from trajgym.trajectories.schema import Message, Provenance, Usage
+from trajgym.records.schema import Message, Provenance, Usage
 
 
 class StudentConfig(BaseModel):

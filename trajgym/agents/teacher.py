@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import JsonValue
 
 from trajgym.agents.base import EpisodeContext
-from trajgym.agents.llm import LLMClient, LLMConfig, to_wire
 from trajgym.agents.tool_text import parse_reply, to_text_messages
-from trajgym.trajectories.schema import Message, Provenance, Usage
+from trajgym.llm.client import LLMClient, LLMConfig, to_wire
+from trajgym.records.schema import Message, Provenance, Usage
 
 ToolMode = Literal["native", "text"]
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import gymnasium
 
 from trajgym.errors import UnknownEnvironmentError
+
+if TYPE_CHECKING:
+    from trajgym.envs.base import ToolEnv
+    from trajgym.records.schema import Split, Task
 
 # Bump -vN when tools, tasks or reward change, so recorded trajectories stay comparable.
 # Retail v1: a required fact only counts when said after the tools showed it (v0 took guesses).
@@ -57,3 +62,21 @@ def make(env_id: str, **kwargs: Any) -> gymnasium.Env[Any, Any]:
             hint = f" Did you mean '{full}'?"
         raise UnknownEnvironmentError(f"Unknown environment '{env_id}'.{hint} Run `trajgym envs`.")
     return gymnasium.make(env_id, **kwargs)
+
+
+def tool_env(env_id: str, **kwargs: Any) -> ToolEnv[Any]:
+    """The trajgym environment itself (``make(...).unwrapped``), typed as one."""
+    from trajgym.envs.base import ToolEnv
+
+    env = make(env_id, **kwargs).unwrapped
+    assert isinstance(env, ToolEnv), f"{env_id} is not a trajgym ToolEnv"
+    return env
+
+
+def tasks_of(env_id: str, split: Split) -> Sequence[Task]:
+    """Every task of an environment's split, in its fixed order."""
+    env = tool_env(env_id, split=split)
+    try:
+        return env.tasks()
+    finally:
+        env.close()

@@ -23,11 +23,10 @@ from trajgym.envs.users.base import STOP, User, UserFactory, get_persona, load_p
 from trajgym.envs.users.scripted import ScriptedUser
 from trajgym.envs.verify import outputs_told, unconfirmed_writes
 from trajgym.errors import ConfigError, UnknownTaskError
+from trajgym.records.schema import SPLITS, Message, Split, StateChange, Task, Verdict
 from trajgym.tools import Toolkit
-from trajgym.trajectories.schema import Message, StateChange, Task, Verdict
 
 S = TypeVar("S")
-SPLITS = ("train", "test", "ood")
 MAX_CHANGES = 50  # state changes kept in a verdict; the rest are counted in one entry
 
 
@@ -71,8 +70,12 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
     # Domain hooks ----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def tasks(self, split: str) -> Sequence[Task]:
-        """Every task of ``split``, in a fixed order."""
+    def split_tasks(self, split: Split) -> Sequence[Task]:
+        """Every task of ``split``, in a fixed order (the domain's hook)."""
+
+    def tasks(self, split: Split | None = None) -> Sequence[Task]:
+        """Every task of ``split`` (default: this env's split), in a fixed order."""
+        return self.split_tasks(split or self.split)
 
     @abc.abstractmethod
     def new_state(self, task: Task) -> S:
@@ -192,7 +195,7 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
     def task_by_id(self, task_id: str) -> Task:
         """A task of this env's split by id, or a clear error."""
         if self._task_index is None:
-            self._task_index = {t.id: t for t in self.tasks(self.split)}
+            self._task_index = {t.id: t for t in self.tasks()}
         if task_id not in self._task_index:
             raise UnknownTaskError(
                 f"No task '{task_id}' in {self.env_id} split '{self.split}'. "
@@ -203,7 +206,7 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
     def _pick_task(self, task_id: str | None) -> Task:
         if task_id is not None:
             return self.task_by_id(task_id)
-        tasks = self.tasks(self.split)
+        tasks = self.tasks()
         return tasks[int(self.np_random.integers(len(tasks)))]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from trajgym.records.schema import Action, Intent
 from trajgym.tools import ToolError, Toolkit
-from trajgym.trajectories.schema import Action, Intent
 
 
 def gold_replays(toolkit: Toolkit[Any], state: object, actions: Sequence[Action]) -> bool:

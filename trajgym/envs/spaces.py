@@ -11,7 +11,7 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from trajgym.trajectories.schema import FunctionCall, Message, ToolCall
+from trajgym.records.schema import FunctionCall, Message, ToolCall
 
 
 class Observation(BaseModel):

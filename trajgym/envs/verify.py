@@ -9,13 +9,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from trajgym.trajectories.schema import Message
+from trajgym.records.schema import Message
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _AFFIRM = re.compile(
     r"\b(yes|yeah|yep|sure|confirm|confirmed|go ahead|go for it|please do|proceed|do it|correct)\b",
     re.IGNORECASE,
 )
+
+
+def affirms(text: str) -> bool:
+    """Whether a user's words say yes (the consent a write needs)."""
+    return _AFFIRM.search(text) is not None
 
 
 def outputs_told(outputs: Sequence[str], messages: Sequence[Message]) -> dict[str, bool]:
@@ -66,7 +71,7 @@ def unconfirmed_writes(messages: Sequence[Message], writes: Sequence[tuple[int, 
         if (
             consent <= first_user
             or consent < previous_write
-            or not _AFFIRM.search(messages[consent].text)
+            or not affirms(messages[consent].text)
         ):
             violations.append(f"'{name}' was called without the user's explicit confirmation")
         previous_write = index

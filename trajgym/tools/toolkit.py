@@ -13,8 +13,8 @@ from typing import Any, Generic
 
 from pydantic import BaseModel, ValidationError
 
+from trajgym.records.schema import Message, ToolCall
 from trajgym.tools.base import State, Tool, ToolError
-from trajgym.trajectories.schema import Message, ToolCall
 
 _MAX_ECHO = 200  # characters of bad input quoted back to the model
 

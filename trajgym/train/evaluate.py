@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from trajgym.trajectories.schema import Trajectory
+from trajgym.records.schema import Trajectory
 
 
 def summarize(trajectories: Iterable[Trajectory], k: int, seed: int = 0) -> dict[str, Any]:

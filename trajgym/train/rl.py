@@ -26,12 +26,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from trajgym.agents.batching import Batcher, Generated, ReplySource
+from trajgym.agents.batching import Batcher
 from trajgym.agents.remote import RemoteBatcher, ServerConfig
+from trajgym.agents.replies import Generated, ReplySource
 from trajgym.agents.student import StudentAgent, StudentConfig
 from trajgym.config import save_config
-from trajgym.envs import make
+from trajgym.envs import make, tasks_of
 from trajgym.errors import ConfigError
+from trajgym.records.schema import Split, Trajectory
+from trajgym.rollouts.rollout import rollout
 from trajgym.train.common import (
     ModelTraining,
     load_checkpoint,
@@ -41,8 +44,6 @@ from trajgym.train.common import (
 )
 from trajgym.train.evaluate import invalid_tool_calls, tool_calls
 from trajgym.train.masks import Sampled, generated_sequences
-from trajgym.trajectories.rollout import rollout
-from trajgym.trajectories.schema import Trajectory
 
 
 class RewardWeights(BaseModel):
@@ -63,7 +64,7 @@ class RLConfig(ModelTraining):
     """A GRPO run."""
 
     envs: list[str] = Field(["trajgym/RetailLite-v0"], description="Environments to act in.")
-    split: str = Field("train", description="Split the tasks are drawn from.")
+    split: Split = Field("train", description="Split the tasks are drawn from.")
     families: list[str] | None = Field(None, description="Only these task families (None: all).")
     output_dir: Path = Field(Path("runs/rl"), description="Checkpoints, adapter, curves, config.")
     steps: int = Field(20, ge=1, description="Optimizer steps (one batch of rollouts each).")
@@ -147,11 +148,9 @@ def task_pool(config: RLConfig) -> list[tuple[str, str]]:
     """Every (env id, task id) the run may draw, in a fixed order."""
     pool = []
     for env_id in config.envs:
-        env = make(env_id, split=config.split).unwrapped
-        for t in env.tasks(config.split):  # type: ignore[attr-defined]
+        for t in tasks_of(env_id, config.split):
             if config.families is None or t.family in config.families:
                 pool.append((env_id, t.id))
-        env.close()
     if not pool:
         raise ConfigError(f"No tasks of families {config.families} in {config.envs}.")
     return pool

@@ -22,6 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from trajgym.config import save_config
 from trajgym.errors import ConfigError
+from trajgym.records.schema import Message
+from trajgym.records.store import read_trajectories
 from trajgym.train.common import (
     ModelTraining,
     load_checkpoint,
@@ -30,8 +32,6 @@ from trajgym.train.common import (
     save_checkpoint,
 )
 from trajgym.train.masks import IGNORE_INDEX, tokenize_with_masks
-from trajgym.trajectories.schema import Message
-from trajgym.trajectories.store import read_trajectories
 
 
 class SFTConfig(ModelTraining):
@@ -60,7 +60,7 @@ def load_examples(config: SFTConfig, tokenizer: Any) -> list[tuple[list[int], li
     A trajectory with teacher labels (on-policy distillation) trains on the teacher's actions
     at the student's states, whatever the student's own reward was.
     """
-    from trajgym.trajectories.onpolicy import training_conversations
+    from trajgym.rollouts.onpolicy import training_conversations
 
     examples = []
     for path in config.data:

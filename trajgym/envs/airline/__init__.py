@@ -11,8 +11,8 @@ from trajgym.envs.airline.tasks import ENV_ID, make_tasks
 from trajgym.envs.airline.tools import AIRLINE_TOOLKIT
 from trajgym.envs.airline.world import make_world
 from trajgym.envs.base import ToolEnv
+from trajgym.records.schema import Split, StateChange, Task
 from trajgym.tools import Toolkit
-from trajgym.trajectories.schema import StateChange, Task
 
 
 class AirlineEnv(ToolEnv[AirlineState]):
@@ -28,7 +28,7 @@ class AirlineEnv(ToolEnv[AirlineState]):
         self.world_seed = world_seed
         self.world = make_world(world_seed)
 
-    def tasks(self, split: str) -> Sequence[Task]:
+    def split_tasks(self, split: Split) -> Sequence[Task]:
         """Every task of ``split`` for this world."""
         return make_tasks(split, self.world_seed)  # split checked by ToolEnv
 

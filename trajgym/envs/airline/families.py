@@ -36,7 +36,7 @@ from trajgym.envs.airline.rules import (
     refund_amount,
 )
 from trajgym.envs.airline.world import random_person, shift
-from trajgym.trajectories.schema import Action, Intent
+from trajgym.records.schema import Action, Intent
 
 
 @functools.cache

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Split = Literal["train", "test", "ood"]
+from trajgym.records.schema import Split
+
 Cabin = Literal["basic_economy", "economy", "business"]
 CABINS: tuple[Cabin, ...] = ("basic_economy", "economy", "business")
 Tier = Literal["regular", "silver", "gold"]

@@ -28,8 +28,8 @@ from trajgym.envs.airline.records import (
 from trajgym.envs.airline.rules import BOOKABLE, DEPARTED
 from trajgym.envs.base import overlay_changes
 from trajgym.envs.store import Store
+from trajgym.records.schema import StateChange
 from trajgym.tools import ToolError
-from trajgym.trajectories.schema import StateChange
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 

@@ -13,12 +13,12 @@ import hashlib
 import random
 
 from trajgym.envs.airline.families import FAMILIES, Draw, act, phrasings
-from trajgym.envs.airline.records import Split, User
+from trajgym.envs.airline.records import User
 from trajgym.envs.airline.state import AirlineState
 from trajgym.envs.airline.tools import AIRLINE_TOOLKIT
 from trajgym.envs.airline.world import make_world
 from trajgym.envs.goals import gold_replays, requests_in_prose
-from trajgym.trajectories.schema import Intent, Task, UserGoal
+from trajgym.records.schema import Intent, Split, Task, UserGoal
 
 ENV_ID = "trajgym/Airline-v0"
 OOD_FAMILIES = ("multi_intent",)

@@ -28,7 +28,6 @@ from trajgym.envs.airline.records import (
     PaymentMethod,
     Reservation,
     ReservedFlight,
-    Split,
     User,
     World,
     flight_key,
@@ -41,6 +40,7 @@ from trajgym.envs.airline.rules import (
     is_certificate,
     nonfree_bags,
 )
+from trajgym.records.schema import Split
 
 FIRST_DAY = dt.date(2024, 5, 1)
 DAYS = 28

@@ -10,8 +10,8 @@ from trajgym.envs.base import ToolEnv
 from trajgym.envs.retail.tasks import ENV_ID, make_tasks
 from trajgym.envs.retail.tools import RETAIL_TOOLKIT, RetailState
 from trajgym.envs.retail.world import make_world
+from trajgym.records.schema import Split, StateChange, Task
 from trajgym.tools import Toolkit
-from trajgym.trajectories.schema import StateChange, Task
 
 
 class RetailEnv(ToolEnv[RetailState]):
@@ -27,7 +27,7 @@ class RetailEnv(ToolEnv[RetailState]):
         self.world_seed = world_seed
         self.world = make_world(world_seed)
 
-    def tasks(self, split: str) -> Sequence[Task]:
+    def split_tasks(self, split: Split) -> Sequence[Task]:
         """Every task of ``split`` for this world."""
         return make_tasks(split, self.world_seed)  # split checked by ToolEnv
 

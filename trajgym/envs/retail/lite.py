@@ -17,8 +17,8 @@ from trajgym.envs.retail import tools as retail
 from trajgym.envs.retail.tasks import Suite, make_tasks
 from trajgym.envs.retail.tools import RetailState
 from trajgym.envs.retail.world import Order
+from trajgym.records.schema import Split, Task
 from trajgym.tools import Toolkit, tool
-from trajgym.trajectories.schema import Task
 
 ENV_ID = "trajgym/RetailLite-v0"
 LITE_SUITE = Suite(
@@ -94,6 +94,6 @@ class RetailLiteEnv(RetailEnv):
         resources.files(__package__).joinpath("policy_lite.md").read_text()
     )
 
-    def tasks(self, split: str) -> Sequence[Task]:
+    def split_tasks(self, split: Split) -> Sequence[Task]:
         """Every task of ``split`` for this world."""
         return make_tasks(split, self.world_seed, LITE_SUITE)  # split checked by ToolEnv

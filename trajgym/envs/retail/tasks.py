@@ -18,8 +18,8 @@ import yaml
 
 from trajgym.envs.goals import gold_replays, requests_in_prose
 from trajgym.envs.retail.tools import RETAIL_TOOLKIT, RetailState
-from trajgym.envs.retail.world import Customer, Order, Split, World, make_world, random_address
-from trajgym.trajectories.schema import Action, Intent, Task, UserGoal
+from trajgym.envs.retail.world import Customer, Order, World, make_world, random_address
+from trajgym.records.schema import Action, Intent, Split, Task, UserGoal
 
 ENV_ID = "trajgym/Retail-v1"
 _REASONS = ("no longer needed", "ordered by mistake")

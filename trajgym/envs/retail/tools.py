@@ -25,8 +25,8 @@ from trajgym.envs.retail.world import (
     World,
 )
 from trajgym.envs.store import Store
+from trajgym.records.schema import StateChange
 from trajgym.tools import ToolError, Toolkit, tool
-from trajgym.trajectories.schema import StateChange
 
 
 class Transfer(Record):

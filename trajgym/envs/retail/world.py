@@ -15,7 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-Split = Literal["train", "test", "ood"]
+from trajgym.records.schema import Split
+
 OrderStatus = Literal[
     "pending",
     "pending (item modified)",

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from trajgym.errors import ConfigError
-from trajgym.trajectories.schema import Message, Task
+from trajgym.records.schema import Message, Task
 
 STOP = "###STOP###"
 """A user message containing this marker ends the episode."""

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trajgym.agents.llm import LLMClient
 from trajgym.envs.users.base import STOP, Persona
 from trajgym.errors import SimulatorFault
-from trajgym.trajectories.schema import Message, Task, Usage
+from trajgym.llm.client import LLMClient
+from trajgym.records.schema import Message, Task, Usage
 
 _AGENT_GREETING = "Hi! How can I help you today?"
 _RULES = (

@@ -13,7 +13,7 @@ import string
 from collections.abc import Sequence
 
 from trajgym.envs.users.base import STOP, Persona
-from trajgym.trajectories.schema import Message, Task
+from trajgym.records.schema import Message, Task
 
 # The order matters: a confirmation question often repeats the details being confirmed.
 _CONFIRM = re.compile(

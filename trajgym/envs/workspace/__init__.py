@@ -21,9 +21,9 @@ from trajgym.envs.workspace.project import Project
 from trajgym.envs.workspace.tasks import ENV_ID, make_tasks
 from trajgym.envs.workspace.tools import WORKSPACE_TOOLKIT
 from trajgym.errors import ConfigError
+from trajgym.records.schema import Split, StateChange, Task, Verdict
 from trajgym.tools import Toolkit
 from trajgym.tools.sandbox import DockerSandbox, ProcessSandbox, Sandbox, SandboxLimits
-from trajgym.trajectories.schema import StateChange, Task, Verdict
 
 SandboxFactory = Callable[[SandboxLimits], Sandbox]
 BACKENDS: dict[str, SandboxFactory] = {
@@ -61,7 +61,7 @@ class WorkspaceEnv(ToolEnv[WorkspaceState]):
         self._new_sandbox = BACKENDS[sandbox] if isinstance(sandbox, str) else sandbox
         self.sandbox_limits = sandbox_limits or SandboxLimits()
 
-    def tasks(self, split: str) -> Sequence[Task]:
+    def split_tasks(self, split: Split) -> Sequence[Task]:
         """Every task of ``split``."""
         return make_tasks(split).tasks
 

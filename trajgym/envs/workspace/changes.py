@@ -11,8 +11,8 @@ import difflib
 from collections.abc import Mapping
 from typing import Literal
 
+from trajgym.records.schema import StateChange
 from trajgym.tools.sandbox import Sandbox
-from trajgym.trajectories.schema import StateChange
 
 ChangeKind = Literal["added", "modified", "deleted"]
 _MAX_DIFF_BYTES = 64_000  # larger files are not diffed: difflib is quadratic at worst

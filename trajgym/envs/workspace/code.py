@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from trajgym.envs.workspace.project import Check, Draw, Project, act
-from trajgym.trajectories.schema import Intent
+from trajgym.records.schema import Intent
 
 MODULES = ("textutils", "mathutils", "helpers", "core", "calc", "numbers", "shared", "misc")
 _RENAME_PREFIXES = ("compute_", "get_", "calc_", "do_", "find_")

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from trajgym.envs.workspace.project import Check, Draw, Project, act
-from trajgym.trajectories.schema import Intent
+from trajgym.records.schema import Intent
 
 REGIONS = ("north", "south", "east", "west", "central", "coastal", "mountain")
 PRODUCTS = ("widget", "gadget", "sprocket", "gizmo", "bracket", "valve", "hinge", "lever") + (

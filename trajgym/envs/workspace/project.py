@@ -18,7 +18,7 @@ from typing import Literal
 import yaml
 from pydantic import JsonValue
 
-from trajgym.trajectories.schema import Action, Intent
+from trajgym.records.schema import Action, Intent
 
 # Loads the verifier's test modules by file path under ``python3 -I``: the workspace is put
 # last on sys.path, so no file the agent wrote can shadow the standard library.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from trajgym.envs.workspace.code import catalog, fix_bug, rename_function
 from trajgym.envs.workspace.data import answer_from_files, csv_join, csv_stat, write_script
 from trajgym.envs.workspace.project import Draw, Project
-from trajgym.trajectories.schema import Intent, Task, UserGoal
+from trajgym.records.schema import Intent, Task, UserGoal
 
 ENV_ID = "trajgym/Workspace-v0"
 Family = Callable[[Draw], "tuple[Intent, Project] | None"]

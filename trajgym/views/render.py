@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from trajgym.trajectories.schema import Message, Trajectory
+from trajgym.records.schema import Message, Trajectory
 
 _STYLE = {"user": "cyan", "assistant": "green", "tool": "yellow", "system": "dim"}
 _CLIP = 600

@@ -8,7 +8,7 @@ Every model is frozen; a change to a field's meaning bumps ``SCHEMA_VERSION``.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
@@ -87,12 +87,17 @@ class UserGoal(Frozen):
     instruction: str = Field(description="The goal in prose, for an LLM-driven user.")
 
 
+Split = Literal["train", "test", "ood"]
+"""The three task splits; they share no entity (customer, order, payment method...)."""
+SPLITS: tuple[Split, ...] = get_args(Split)
+
+
 class Task(Frozen):
     """A procedurally generated task with its ground truth."""
 
     id: str
     env_id: str
-    split: Literal["train", "test", "ood"]
+    split: Split
     family: str
     difficulty: int = Field(ge=1, le=10)
     goal: UserGoal

@@ -20,13 +20,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from trajgym.agents.cassette import episode_scope
-from trajgym.agents.llm import LLMConfig
 from trajgym.errors import TrajgymError
-from trajgym.trajectories.judge import EmbeddedJudge, Judge
-from trajgym.trajectories.llm_judge import LLMJudge
-from trajgym.trajectories.schema import JudgeVerdict, Trajectory
-from trajgym.trajectories.store import TrajectoryStore, read_trajectories
+from trajgym.judges.judge import EmbeddedJudge, Judge
+from trajgym.judges.llm_judge import LLMJudge
+from trajgym.llm.cassette import episode_scope
+from trajgym.llm.client import LLMConfig
+from trajgym.records.schema import JudgeVerdict, Trajectory
+from trajgym.records.store import TrajectoryStore, read_trajectories
 
 Keep = Literal["verified", "judge", "both"]
 

@@ -25,13 +25,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trajgym.compare_report import data_statistics, plot_results, render_report
-from trajgym.pipeline import EvalStage, check_stage
+from trajgym.experiments.compare_report import data_statistics, plot_results, render_report
+from trajgym.experiments.pipeline import EvalStage, check_stage
+from trajgym.judges.calibration import JudgeConfig
+from trajgym.records.store import read_trajectories
+from trajgym.records.schema import Split
+from trajgym.rollouts.config import AgentSpec, GenerateConfig
+from trajgym.rollouts.generate import generate
+from trajgym.rollouts.selfgen import Keep, SelfGenConfig, self_generate
 from trajgym.train.sft import SFTConfig
-from trajgym.trajectories.calibration import JudgeConfig
-from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate
-from trajgym.trajectories.selfgen import Keep, SelfGenConfig, self_generate
-from trajgym.trajectories.store import read_trajectories
 
 Source = Literal["teacher", "self", "on_policy"]
 
@@ -132,7 +134,7 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
         pools["self"] = play.output
     lap("rollouts_s")
     if "on_policy" in config.sources:
-        from trajgym.trajectories.onpolicy import label_file
+        from trajgym.rollouts.onpolicy import label_file
 
         pools["on_policy"] = data / "on_policy.jsonl"
         label_file(play.rollouts_path, pools["on_policy"], config.teacher, config.budget)

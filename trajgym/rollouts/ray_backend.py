@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from trajgym.envs.users.llm import SimulatorStats
 from trajgym.errors import ConfigError
-from trajgym.trajectories.schema import Trajectory
-from trajgym.trajectories.store import Key
+from trajgym.records.schema import Trajectory
+from trajgym.records.store import Key
 
 if TYPE_CHECKING:
-    from trajgym.trajectories.generate import GenerateConfig, GenerateReport
+    from trajgym.rollouts.generate import GenerateConfig, GenerateReport
 
 # A worker that dies is restarted, and its episodes retried, this many times.
 MAX_RETRIES = 5
@@ -40,7 +40,7 @@ class EpisodeWorker:
     """A Ray actor: one process's environments and clients, playing episodes on threads."""
 
     def __init__(self, payload: str) -> None:
-        from trajgym.trajectories.generate import EpisodeRunner, GenerateConfig
+        from trajgym.rollouts.generate import EpisodeRunner, GenerateConfig
 
         self.runner = EpisodeRunner(GenerateConfig.model_validate_json(payload), SimulatorStats())
 
@@ -64,7 +64,7 @@ def play_on_ray(
     """Play ``todo`` on Ray, handing each trajectory to ``keep`` on the driver."""
     import ray
 
-    from trajgym.trajectories.generate import generation_progress
+    from trajgym.rollouts.generate import generation_progress
 
     if config.teacher.kind == "student":
         raise ConfigError(

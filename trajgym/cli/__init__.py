@@ -83,8 +83,8 @@ def rollout(
 ) -> None:
     """Run an agent in an environment and print the conversation (or, with --n, a summary)."""
     from trajgym.envs import make
-    from trajgym.trajectories.render import print_summary, print_trajectory
-    from trajgym.trajectories.rollout import rollout as run_episode
+    from trajgym.rollouts.rollout import rollout as run_episode
+    from trajgym.views.render import print_summary, print_trajectory
 
     env = make(env_id, split=split)
     if n:
@@ -155,8 +155,8 @@ def generate(
     Re-running the same command after a crash resumes: episodes already stored are skipped.
     """
     from trajgym.config import load_config
-    from trajgym.trajectories.generate import GenerateConfig
-    from trajgym.trajectories.generate import generate as run_generation
+    from trajgym.rollouts.generate import GenerateConfig
+    from trajgym.rollouts.generate import generate as run_generation
 
     flags = {
         "split": split,
@@ -202,8 +202,8 @@ def export(
     status: Annotated[str, typer.Option(help="Keep this status: ok, error or any.")] = "ok",
 ) -> None:
     """Export trajectories for training: a HF dataset, OpenAI fine-tuning JSONL, or ShareGPT."""
-    from trajgym.trajectories.export import ExportFilter
-    from trajgym.trajectories.export import export as run_export
+    from trajgym.train.export import ExportFilter
+    from trajgym.train.export import export as run_export
 
     if fmt not in ("hf", "openai", "sharegpt"):
         raise TrajgymError(f"Unknown format '{fmt}'. Choose hf, openai or sharegpt.")
@@ -248,10 +248,10 @@ def evaluate(
     The trajectories are kept (resumable, like generate); the metrics go to <output>.eval.json.
     """
     from trajgym.config import load_config
+    from trajgym.records.store import read_trajectories
+    from trajgym.rollouts.generate import GenerateConfig
+    from trajgym.rollouts.generate import generate as run_generation
     from trajgym.train.evaluate import summarize
-    from trajgym.trajectories.generate import GenerateConfig
-    from trajgym.trajectories.generate import generate as run_generation
-    from trajgym.trajectories.store import read_trajectories
 
     # A flag given wins over the config file; without a file, evaluation defaults apply.
     defaults = {} if config else {"split": "test", "output": "runs/eval/trajectories.jsonl"}
@@ -294,9 +294,9 @@ def run_pipeline(
     Writes trajectories, the adapter, report.md / report.json and success.png under the
     config's output_dir; re-running resumes.
     """
-    from trajgym.cli_sources import results_table
+    from trajgym.cli.sources import results_table
     from trajgym.config import load_config
-    from trajgym.pipeline import PipelineConfig, run
+    from trajgym.experiments.pipeline import PipelineConfig, run
 
     cfg = load_config(PipelineConfig, config, set_ or [])
     if smoke:
@@ -369,8 +369,9 @@ def train_rl(
 
 
 def _register_more_verbs() -> None:
-    from trajgym import cli_sources, cli_view
-    from trajgym.cli_judge import judge_app
+    from trajgym.cli import sources as cli_sources
+    from trajgym.cli import view as cli_view
+    from trajgym.cli.judge import judge_app
 
     app.add_typer(judge_app, name="judge")
     app.command()(cli_sources.selfgen)

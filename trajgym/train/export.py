@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trajgym.agents.llm import to_wire
 from trajgym.agents.tool_text import render_call, render_response
-from trajgym.trajectories.schema import Trajectory
-from trajgym.trajectories.store import read_trajectories
+from trajgym.llm.client import to_wire
+from trajgym.records.schema import Trajectory
+from trajgym.records.store import read_trajectories
 
 Format = Literal["hf", "openai", "sharegpt"]
 

@@ -41,10 +41,10 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from trajgym.errors import ConfigError, ProviderError, TrajgymError
-from trajgym.trajectories.schema import Frozen, Message, Usage
+from trajgym.records.schema import Frozen, Message, Usage
 
 # Shared with the trajectory store: both files are append-only JSONL with the same crash rule.
-from trajgym.trajectories.store import cut_torn_tail
+from trajgym.records.store import cut_torn_tail
 
 RECORD_ENV = "TRAJGYM_RECORD"
 REPLAY_ENV = "TRAJGYM_REPLAY"

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
 
-from trajgym.envs import make
+from trajgym.envs import tool_env
 from trajgym.errors import TrajgymError
-from trajgym.trajectories.schema import Finding, JudgeVerdict, Message, Task, Trajectory, Usage
+from trajgym.records.schema import Finding, JudgeVerdict, Message, Task, Trajectory, Usage
 
 RULES_VERSION = "embedded-rules-1"  # bump when a rule of the embedded judge changes
 INVALID_CALL = ("Error: unknown tool", "Error: arguments for", "Error: invalid arguments for")
@@ -84,9 +84,9 @@ class TaskLookup:
         with self._lock:  # gymnasium envs are not thread-safe; lookups are cheap
             key = (t.env_id, t.split)
             if key not in self._envs:
-                env = make(t.env_id, split=t.split).unwrapped
+                env = tool_env(t.env_id, split=t.split)
                 # Every tool some task authenticates with: an agent may pick another than gold.
-                auth = frozenset(a.name for k in env.tasks(t.split) for a in k.auth_actions)  # type: ignore[attr-defined]
+                auth = frozenset(a.name for k in env.tasks() for a in k.auth_actions)
                 self._envs[key] = (env, auth)
             env, auth = self._envs[key]
             if t.env_version != env.version:

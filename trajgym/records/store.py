@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from trajgym.errors import TrajgymError
-from trajgym.trajectories.schema import Trajectory
+from trajgym.records.schema import Trajectory
 
 Key = tuple[str, str, int]
 

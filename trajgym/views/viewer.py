@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from trajgym.errors import TrajgymError
-from trajgym.trajectories.schema import Trajectory
-from trajgym.trajectories.store import read_trajectories
+from trajgym.records.schema import Trajectory
+from trajgym.records.store import read_trajectories
 
 _ASSETS = "viewer_assets"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")

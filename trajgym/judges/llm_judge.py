@@ -14,9 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from trajgym.agents.llm import LLMClient, LLMConfig
 from trajgym.errors import ProviderError, TrajgymError
-from trajgym.trajectories.judge import (
+from trajgym.judges.judge import (
     TaskLookup,
     _error,
     _not_gradable,
@@ -24,7 +23,8 @@ from trajgym.trajectories.judge import (
     rubric_text,
     sha256,
 )
-from trajgym.trajectories.schema import Finding, JudgeVerdict, Message, Trajectory, Usage
+from trajgym.llm.client import LLMClient, LLMConfig
+from trajgym.records.schema import Finding, JudgeVerdict, Message, Trajectory, Usage
 
 REPLY_FORMAT = """\
 # Your reply

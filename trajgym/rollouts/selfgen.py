@@ -16,17 +16,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajgym.config import save_config
-from trajgym.trajectories.calibration import (
+from trajgym.judges.calibration import (
     DROP_REASONS,
     JudgeConfig,
     drop_reason,
     grade_all,
     make_judge,
 )
-from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate
-from trajgym.trajectories.judge import Judge
-from trajgym.trajectories.schema import Trajectory
-from trajgym.trajectories.store import TrajectoryStore, read_trajectories
+from trajgym.judges.judge import Judge
+from trajgym.records.schema import Trajectory
+from trajgym.records.store import TrajectoryStore, read_trajectories
+from trajgym.rollouts.generate import AgentSpec, GenerateConfig, generate
 
 Keep = Literal["verified", "judge", "both"]
 

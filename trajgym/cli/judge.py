@@ -19,8 +19,8 @@ from rich.table import Table
 from trajgym.errors import TrajgymError
 
 if TYPE_CHECKING:
-    from trajgym.trajectories.calibration import JudgeConfig
-    from trajgym.trajectories.judge import Judge
+    from trajgym.judges.calibration import JudgeConfig
+    from trajgym.judges.judge import Judge
 
 judge_app = typer.Typer(
     help="Grade trajectories with a judge, calibrate it against verification, filter them.",
@@ -56,7 +56,7 @@ def grade(
     concurrency: Concurrency = None,
 ) -> None:
     """Grade every trajectory of INPUT and write it, verdict attached, to OUTPUT (resumable)."""
-    from trajgym.trajectories.calibration import grade_file
+    from trajgym.judges.calibration import grade_file
 
     with _user_errors():
         cfg, judge = _judge(config, model, api_base, api_key_env, concurrency)
@@ -88,8 +88,8 @@ def calibrate(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
     """How well a judge agrees with verification: agreement, kappa, false accepts and rejects."""
-    from trajgym.trajectories.calibration import calibrate as run_calibration
-    from trajgym.trajectories.calibration import load_file
+    from trajgym.judges.calibration import calibrate as run_calibration
+    from trajgym.judges.calibration import load_file
 
     with _user_errors():
         if group_by not in ("source", "provenance"):
@@ -138,7 +138,7 @@ def filter_(
     recorded: Recorded = False,
 ) -> None:
     """Keep trajectories by verification, judge, or both; counts go to <output>.filter.json."""
-    from trajgym.trajectories.calibration import filter_trajectories, load_file
+    from trajgym.judges.calibration import filter_trajectories, load_file
 
     with _user_errors():
         if keep not in ("verified", "judge", "both"):
@@ -181,7 +181,7 @@ def _judge(
     concurrency: int | None,
 ) -> tuple[JudgeConfig, Judge]:
     from trajgym.config import load_config
-    from trajgym.trajectories.calibration import JudgeConfig, make_judge
+    from trajgym.judges.calibration import JudgeConfig, make_judge
 
     options = {
         "llm.model": model,

@@ -33,7 +33,7 @@ def selfgen(
     is kept beside the output (`.rollouts.jsonl`) and the run resumes.
     """
     from trajgym.config import load_config
-    from trajgym.trajectories.selfgen import SelfGenConfig, self_generate
+    from trajgym.rollouts.selfgen import SelfGenConfig, self_generate
 
     flags = {"agent.student": student, "agent.adapter": adapter, "keep": keep, "output": output}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
@@ -60,10 +60,10 @@ def label(
     Writes the student's trajectories with the teacher's labels (provenance
     `on_policy_teacher`); `trajgym train sft` then trains on the labels. Resumable.
     """
-    from trajgym.agents.llm import LLMConfig
     from trajgym.errors import ConfigError
-    from trajgym.trajectories.generate import AgentSpec
-    from trajgym.trajectories.onpolicy import label_file
+    from trajgym.llm.client import LLMConfig
+    from trajgym.rollouts.generate import AgentSpec
+    from trajgym.rollouts.onpolicy import label_file
 
     if not Path(rollouts).exists():
         raise ConfigError(f"Trajectory file '{rollouts}' does not exist.")
@@ -88,8 +88,8 @@ def compare(
     distribution and on a held-out domain, and writes report.md / report.json / success.png
     under the config's output_dir. Re-running resumes.
     """
-    from trajgym.compare import CompareConfig, run_compare
     from trajgym.config import load_config
+    from trajgym.experiments.compare import CompareConfig, run_compare
 
     cfg = load_config(CompareConfig, config, set_ or [])
     if smoke:

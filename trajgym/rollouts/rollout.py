@@ -10,7 +10,7 @@ import gymnasium
 from trajgym.agents.base import Agent, EpisodeContext
 from trajgym.envs.base import ToolEnv
 from trajgym.errors import InfrastructureError
-from trajgym.trajectories.schema import (
+from trajgym.records.schema import (
     Message,
     StepTiming,
     Termination,

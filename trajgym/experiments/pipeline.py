@@ -14,15 +14,15 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trajgym.records.schema import Split
+from trajgym.rollouts.config import AgentSpec, GenerateConfig
+from trajgym.rollouts.generate import generate
 from trajgym.train.rl import RLConfig
 from trajgym.train.sft import SFTConfig
-from trajgym.trajectories.generate import AgentSpec, GenerateConfig, generate
-
-Split = Literal["train", "test", "ood"]
 
 
 class HarvestStage(BaseModel):
@@ -207,8 +207,8 @@ def _agents(config: PipelineConfig, sft: SFTConfig, rl: RLConfig | None) -> dict
 def _evaluate(
     config: PipelineConfig, agent: AgentSpec, name: str, split: Split, show_progress: bool
 ) -> dict[str, Any]:
+    from trajgym.records.store import read_trajectories
     from trajgym.train.evaluate import summarize
-    from trajgym.trajectories.store import read_trajectories
 
     e = config.eval
     output = config.output_dir / "eval" / f"{name.replace(' ', '-')}-{split}.jsonl"
@@ -233,7 +233,7 @@ def _evaluate(
 
 def _harvest_report(path: Path) -> dict[str, int]:
     """Counted from the store, so that a resumed run reports what a fresh one would."""
-    from trajgym.trajectories.store import read_trajectories
+    from trajgym.records.store import read_trajectories
 
     stored = list(read_trajectories(path))
     return {"episodes": len(stored), "successes": sum(t.success for t in stored)}

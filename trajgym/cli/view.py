@@ -32,7 +32,7 @@ def view(
     The page is self-contained (no network: styles, script and data are inline); open it in
     any browser.
     """
-    from trajgym.trajectories.viewer import write_report
+    from trajgym.views.viewer import write_report
 
     try:
         count = write_report(files, output, title)

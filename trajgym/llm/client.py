@@ -8,7 +8,7 @@ never stored in a config, a trajectory or a log.
 
 Every call can be recorded into a cassette and replayed from it offline, failures included
 (``record`` / ``replay``, or ``TRAJGYM_RECORD`` / ``TRAJGYM_REPLAY`` for every client of a
-run): see :mod:`trajgym.agents.cassette`.
+run): see :mod:`trajgym.llm.cassette`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from trajgym.agents.cassette import (
+from trajgym.errors import ConfigError, ProviderError
+from trajgym.llm.cassette import (
     CallKey,
     RecordedCall,
     Scope,
@@ -38,8 +39,7 @@ from trajgym.agents.cassette import (
     not_recorded,
     request_hash,
 )
-from trajgym.errors import ConfigError, ProviderError
-from trajgym.trajectories.schema import FunctionCall, Message, ToolCall, Usage
+from trajgym.records.schema import FunctionCall, Message, ToolCall, Usage
 
 # litellm fetches a remote cost map at import unless told not to; the bundled one is enough.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -129,7 +129,7 @@ class LLMClient:
     CPU each, where as many threads each inside litellm thrash the GIL (measured: 4x slower).
 
     With a cassette (``record`` / ``replay`` in the config, else the environment variables)
-    each call is keyed by the request, the caller's :func:`~trajgym.agents.cassette.cassette_scope`
+    each call is keyed by the request, the caller's :func:`~trajgym.llm.cassette.cassette_scope`
     and its occurrence there; ``replayed`` counts the calls answered from the cassette.
     """
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trajgym.pipeline import family_table, plot_results
-from trajgym.trajectories.store import read_trajectories
+from trajgym.experiments.pipeline import family_table, plot_results
+from trajgym.records.store import read_trajectories
 
 if TYPE_CHECKING:
-    from trajgym.compare import CompareConfig
+    from trajgym.experiments.compare import CompareConfig
 
 __all__ = ["data_statistics", "plot_results", "render_report"]
 
@@ -24,8 +24,8 @@ def data_statistics(
     """
     from transformers import AutoTokenizer
 
+    from trajgym.rollouts.onpolicy import training_conversations
     from trajgym.train.sft import load_examples
-    from trajgym.trajectories.onpolicy import training_conversations
 
     trajectories = list(read_trajectories(train_file))
     turns = calls = sequences = 0

@@ -22,13 +22,13 @@ from pydantic import JsonValue
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trajgym.agents.base import Agent, EpisodeContext
-from trajgym.agents.llm import LLMClient
 from trajgym.envs import make
 from trajgym.envs.base import ToolEnv
 from trajgym.errors import ConfigError, ProviderError
-from trajgym.trajectories.generate import AgentSpec
-from trajgym.trajectories.schema import Message, Provenance, TeacherLabel, Trajectory, Usage
-from trajgym.trajectories.store import TrajectoryStore, read_trajectories
+from trajgym.llm.client import LLMClient
+from trajgym.records.schema import Message, Provenance, TeacherLabel, Trajectory, Usage
+from trajgym.records.store import TrajectoryStore, read_trajectories
+from trajgym.rollouts.generate import AgentSpec
 
 
 def teacher_agent(spec: AgentSpec, client: LLMClient | None = None) -> Agent:

@@ -1,1 +1,0 @@
-"""Trajectories: schema, rollout, rendering."""
