@@ -31,9 +31,10 @@ import urllib.request
 from pathlib import Path
 
 from trajgym.llm.client import LLMConfig
-from trajgym.testing.fake_openai import serve_forever
-from trajgym.rollouts.generate import AgentSpec, GenerateConfig, generate, plan
 from trajgym.records.store import read_trajectories
+from trajgym.rollouts.config import AgentSpec, GenerateConfig
+from trajgym.rollouts.generate import generate, plan
+from trajgym.testing.fake_openai import serve_forever
 
 
 def in_flight_share(
@@ -82,7 +83,7 @@ def main() -> None:
             num_tasks=args.episodes,
             concurrency=args.concurrency,
             output=Path(tmp) / "t.jsonl",
-            teacher=AgentSpec(kind="litellm", llm=llm),
+            agent=AgentSpec(kind="litellm", llm=llm),
             ramp_s=args.ramp,
             backend=args.backend,
             ray_workers=args.ray_workers,

@@ -23,9 +23,10 @@ import datasets
 import torch
 
 from trajgym.agents.models import DEFAULT_STUDENT, load_student
-from trajgym.train.sft import SFTConfig, train
+from trajgym.rollouts.config import GenerateConfig
+from trajgym.rollouts.generate import generate
 from trajgym.train.export import ExportFilter, export
-from trajgym.rollouts.generate import GenerateConfig, generate
+from trajgym.train.sft import SFTConfig, train
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
             schedule="constant",
             warmup_ratio=0.0,
             batch_size=args.batch,
-            max_steps=steps,
+            max_optimizer_steps=steps,
             max_length=2048,
         )
     )

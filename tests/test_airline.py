@@ -21,9 +21,9 @@ from trajgym.envs.airline.tasks import OOD_FAMILIES, make_tasks
 from trajgym.envs.airline.tools import AIRLINE_TOOLKIT
 from trajgym.envs.airline.world import make_world
 from trajgym.envs.users.scripted import _SLOT_QUESTIONS
-from trajgym.tools import ToolError
-from trajgym.rollouts.rollout import rollout
 from trajgym.records.schema import FunctionCall, Message, ToolCall
+from trajgym.rollouts.rollout import rollout
+from trajgym.tools import ToolError
 
 ENV_ID = "trajgym/Airline-v0"
 SPLITS = ("train", "test", "ood")

@@ -18,6 +18,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from trajgym.cli import app
+from trajgym.envs.base import ToolEnv
+from trajgym.errors import ConfigError, ProviderError
+from trajgym.judges.calibration import grade_all
+from trajgym.judges.judge import rubric_criteria
+from trajgym.judges.llm_judge import LLMJudge
 from trajgym.llm.cassette import (
     REPLAY_ENV,
     Cassette,
@@ -28,9 +34,10 @@ from trajgym.llm.cassette import (
     open_cassette,
 )
 from trajgym.llm.client import LLMClient, LLMConfig
-from trajgym.cli import app
-from trajgym.envs.base import ToolEnv
-from trajgym.errors import ConfigError, ProviderError
+from trajgym.records.schema import Trajectory
+from trajgym.records.store import read_trajectories
+from trajgym.rollouts.config import AgentSpec, GenerateConfig, UserSpec
+from trajgym.rollouts.generate import generate
 from trajgym.testing.fake_openai import (
     FakeOpenAIServer,
     FaultPlan,
@@ -38,12 +45,6 @@ from trajgym.testing.fake_openai import (
     scripted_agent_responder,
     scripted_user_responder,
 )
-from trajgym.judges.calibration import grade_all
-from trajgym.rollouts.generate import AgentSpec, GenerateConfig, UserSpec, generate
-from trajgym.judges.judge import rubric_criteria
-from trajgym.judges.llm_judge import LLMJudge
-from trajgym.records.schema import Trajectory
-from trajgym.records.store import read_trajectories
 
 Key = tuple[str, str, int]
 
@@ -87,7 +88,7 @@ def config(teacher: LLMConfig, user: LLMConfig | None, output: Path, **kw: Any) 
         personas=["terse"],  # both samples of a task then open with the very same request
         concurrency=4,
         output=output,
-        teacher=AgentSpec(kind="litellm", llm=teacher),
+        agent=AgentSpec(kind="litellm", llm=teacher),
         user=UserSpec(kind="litellm", llm=user) if user else UserSpec(),
     )
     return GenerateConfig(**{**settings, **kw})

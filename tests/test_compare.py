@@ -9,9 +9,9 @@ from conftest import needs_smollm2
 from typer.testing import CliRunner
 
 from trajgym.cli import app
-from trajgym.experiments.compare import CompareConfig
 from trajgym.config import load_config
 from trajgym.errors import ConfigError
+from trajgym.experiments.compare import CompareConfig
 from trajgym.records.store import read_trajectories
 
 

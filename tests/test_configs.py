@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trajgym.config import load_config
-from trajgym.rollouts.generate import GenerateConfig
+from trajgym.rollouts.config import GenerateConfig
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

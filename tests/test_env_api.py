@@ -11,8 +11,8 @@ from trajgym.agents.expert import ScriptedExpert
 from trajgym.envs import env_ids, make
 from trajgym.envs.users.base import load_personas
 from trajgym.errors import ConfigError, UnknownEnvironmentError, UnknownTaskError
-from trajgym.rollouts.rollout import rollout
 from trajgym.records.schema import Message
+from trajgym.rollouts.rollout import rollout
 
 
 @pytest.mark.parametrize("env_id", env_ids())

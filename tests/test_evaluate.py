@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from trajgym.cli import app
-from trajgym.train.evaluate import bootstrap_ci, pass_at_k, pass_hat_k, summarize
-from trajgym.rollouts.generate import GenerateConfig, generate
 from trajgym.records.store import read_trajectories
+from trajgym.rollouts.config import GenerateConfig
+from trajgym.rollouts.generate import generate
+from trajgym.train.evaluate import bootstrap_ci, pass_at_k, pass_hat_k, summarize
 
 
 def test_pass_at_k_and_pass_hat_k() -> None:
@@ -42,7 +43,7 @@ def test_summary_of_expert_and_floor(tmp_path) -> None:
     assert m["avg_tool_calls"] > 1 and m["avg_invalid_tool_calls"] == 0
     assert sum(r["episodes"] for r in m["by_family"].values()) == 30
     random_out = tmp_path / "random.jsonl"
-    cfg = GenerateConfig(split="test", num_tasks=10, output=random_out, teacher={"kind": "random"})
+    cfg = GenerateConfig(split="test", num_tasks=10, output=random_out, agent={"kind": "random"})
     generate(cfg, show_progress=False)
     r = summarize(read_trajectories(random_out), k=1)
     assert r["success_rate"] == 0.0 and r["avg_tool_errors"] > 0

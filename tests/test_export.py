@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from trajgym.agents.tool_text import chatml, to_text_messages
-from trajgym.train.export import ExportFilter, export
-from trajgym.rollouts.generate import GenerateConfig, generate
 from trajgym.records.schema import Message
 from trajgym.records.store import read_trajectories
+from trajgym.rollouts.config import GenerateConfig
+from trajgym.rollouts.generate import generate
+from trajgym.train.export import ExportFilter, export
 
 
 @pytest.fixture(scope="module")

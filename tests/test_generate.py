@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from trajgym.llm.client import LLMConfig
 from trajgym.config import load_config
 from trajgym.errors import ConfigError
-from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan, scripted_agent_responder
-from trajgym.rollouts.generate import AgentSpec, GenerateConfig, generate, plan
+from trajgym.llm.client import LLMConfig
 from trajgym.records.store import StoreError, TrajectoryStore, read_trajectories
+from trajgym.rollouts.config import AgentSpec, GenerateConfig
+from trajgym.rollouts.generate import generate, plan
+from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan, scripted_agent_responder
 
 
 def keys_in(path: Path) -> list[tuple[str, str, int]]:
@@ -47,7 +48,7 @@ def test_litellm_teacher_against_a_local_server(tmp_path: Path) -> None:
             num_tasks=40,
             concurrency=64,
             output=tmp_path / "t.jsonl",
-            teacher=AgentSpec(
+            agent=AgentSpec(
                 kind="litellm", llm=LLMConfig(model="openai/fake", api_base=server.base_url)
             ),
         )
@@ -78,7 +79,7 @@ def test_thirty_percent_provider_faults_every_episode_once(tmp_path: Path) -> No
             num_tasks=120,
             concurrency=64,
             output=tmp_path / "t.jsonl",
-            teacher=AgentSpec(kind="litellm", llm=llm),
+            agent=AgentSpec(kind="litellm", llm=llm),
         )
         report = generate(cfg, show_progress=False)
         assert all(server.stats.faults[k] > 0 for k in server.stats.faults)
@@ -178,8 +179,8 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
 def test_a_user_whose_opening_fails_does_not_stop_the_run(tmp_path: Path) -> None:
     """A failed reset (the LLM user's first words never came) is one error episode; the
     next episode on that worker starts on a fresh environment instead of crashing the run."""
+    from trajgym.rollouts.config import UserSpec
     from trajgym.testing.fake_openai import scripted_user_responder
-    from trajgym.rollouts.generate import UserSpec
 
     with FakeOpenAIServer(scripted_user_responder, faults=FaultPlan(rate=0.3, seed=1)) as server:
         user = LLMConfig(
@@ -217,10 +218,10 @@ def test_the_ramp_spreads_the_first_wave_and_the_drain_is_reported(tmp_path: Pat
                 envs=["trajgym/RetailLite-v0"],
                 num_tasks=12,
                 concurrency=8,
-                max_steps=1,  # one call an episode: the test takes seconds
+                max_turns=1,  # one call an episode: the test takes seconds
                 ramp_s=ramp,
                 output=tmp_path / f"ramp{ramp}.jsonl",
-                teacher=AgentSpec(kind="litellm", llm=llm_of(server.base_url)),
+                agent=AgentSpec(kind="litellm", llm=llm_of(server.base_url)),
             )
             report = generate(cfg, show_progress=False)
             first = sorted(start for start, _ in server.stats.spans)[:8]

@@ -13,11 +13,9 @@ from typer.testing import CliRunner
 
 from trajgym.agents.baselines import DoNothingAgent, RandomToolAgent
 from trajgym.agents.expert import ScriptedExpert
-from trajgym.llm.client import LLMConfig
 from trajgym.cli.judge import judge_app
 from trajgym.envs import make
 from trajgym.errors import TrajgymError
-from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan
 from trajgym.judges.calibration import (
     JudgeConfig,
     agreement_metrics,
@@ -29,7 +27,7 @@ from trajgym.judges.calibration import (
 )
 from trajgym.judges.judge import EmbeddedJudge, rubric_criteria
 from trajgym.judges.llm_judge import LLMJudge, extract_json
-from trajgym.rollouts.rollout import rollout
+from trajgym.llm.client import LLMConfig
 from trajgym.records.schema import (
     FunctionCall,
     JudgeVerdict,
@@ -38,6 +36,8 @@ from trajgym.records.schema import (
     Trajectory,
 )
 from trajgym.records.store import read_trajectories
+from trajgym.rollouts.rollout import rollout
+from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan
 
 ENV = "trajgym/RetailLite-v0"
 CRITERIA = ["goal", "policy", "truthful", "economical"]

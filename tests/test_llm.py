@@ -7,13 +7,13 @@ import json
 import pytest
 
 from trajgym.agents.base import EpisodeContext
-from trajgym.llm.client import LLMClient, LLMConfig
 from trajgym.agents.teacher import LLMAgent
 from trajgym.envs import make
 from trajgym.errors import ConfigError, ProviderError
-from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan
-from trajgym.rollouts.rollout import rollout
+from trajgym.llm.client import LLMClient, LLMConfig
 from trajgym.records.schema import Message, Usage
+from trajgym.rollouts.rollout import rollout
+from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan
 
 HELLO = [{"role": "user", "content": "hi"}]
 

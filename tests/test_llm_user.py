@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import pytest
 
 from trajgym.agents.expert import ScriptedExpert
-from trajgym.llm.client import LLMClient, LLMConfig
 from trajgym.envs import make
 from trajgym.envs.users.base import STOP, get_persona
 from trajgym.envs.users.llm import LLMUser, SimulatorStats
 from trajgym.errors import SimulatorFault
-from trajgym.testing.fake_openai import FakeOpenAIServer, scripted_user_responder
-from trajgym.rollouts.rollout import rollout
+from trajgym.llm.client import LLMClient, LLMConfig
 from trajgym.records.schema import Message
+from trajgym.rollouts.rollout import rollout
+from trajgym.testing.fake_openai import FakeOpenAIServer, scripted_user_responder
 
 
 def replies(*texts: str):

@@ -13,8 +13,9 @@ import pytest
 from conftest import GGUF
 
 from trajgym.llm.client import LLMConfig
-from trajgym.rollouts.generate import AgentSpec, GenerateConfig, UserSpec, generate
 from trajgym.records.store import read_trajectories
+from trajgym.rollouts.config import AgentSpec, GenerateConfig, UserSpec
+from trajgym.rollouts.generate import generate
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
 if GGUF is None:
@@ -59,10 +60,10 @@ def test_smollm2_served_by_llama_cpp_as_teacher_and_user(tmp_path: Path) -> None
         llm = LLMConfig(model="openai/smollm2", api_base=base, max_tokens=32, timeout_s=300)
         cfg = GenerateConfig(
             num_tasks=1,
-            max_steps=2,
+            max_turns=2,
             concurrency=1,
             output=tmp_path / "t.jsonl",
-            teacher=AgentSpec(kind="litellm", llm=llm, tool_mode="text"),
+            agent=AgentSpec(kind="litellm", llm=llm, tool_mode="text"),
             user=UserSpec(kind="litellm", llm=llm),
         )
         report = generate(cfg, show_progress=False)

@@ -11,8 +11,8 @@ from conftest import GGUF
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.agents.tool_text import chat_template, render_call
 from trajgym.envs import make
-from trajgym.train.masks import TemplateError, tokenize_with_masks
 from trajgym.rollouts.rollout import rollout
+from trajgym.train.masks import TemplateError, tokenize_with_masks
 
 LLAMA3 = (
     "{{- bos_token }}{%- for m in messages %}"

@@ -12,13 +12,12 @@ from trajgym.agents.base import EpisodeContext
 from trajgym.agents.baselines import DoNothingAgent
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.agents.expert_labeler import ExpertLabeler
-from trajgym.llm.client import LLMConfig
 from trajgym.agents.tool_text import chatml, to_text_messages
 from trajgym.envs import make
-from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan
-from trajgym.train.masks import tokenize_with_masks
-from trajgym.train.sft import SFTConfig, load_examples
-from trajgym.rollouts.generate import AgentSpec
+from trajgym.llm.client import LLMConfig
+from trajgym.records.schema import FunctionCall, Message, TeacherLabel, ToolCall, Trajectory
+from trajgym.records.store import TrajectoryStore, read_trajectories
+from trajgym.rollouts.config import AgentSpec
 from trajgym.rollouts.onpolicy import (
     label,
     label_file,
@@ -27,8 +26,9 @@ from trajgym.rollouts.onpolicy import (
     training_conversations,
 )
 from trajgym.rollouts.rollout import rollout
-from trajgym.records.schema import FunctionCall, Message, TeacherLabel, ToolCall, Trajectory
-from trajgym.records.store import TrajectoryStore, read_trajectories
+from trajgym.testing.fake_openai import FakeOpenAIServer, FaultPlan
+from trajgym.train.masks import tokenize_with_masks
+from trajgym.train.sft import SFTConfig, load_examples
 
 
 def context(env, t: Trajectory) -> EpisodeContext:

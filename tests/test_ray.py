@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from trajgym.llm.client import LLMConfig
 from trajgym.errors import ConfigError
-from trajgym.testing.fake_openai import FakeOpenAIServer, scripted_agent_responder
-from trajgym.rollouts.generate import AgentSpec, GenerateConfig, generate, plan
+from trajgym.llm.client import LLMConfig
 from trajgym.records.store import TrajectoryStore, read_trajectories
+from trajgym.rollouts.config import AgentSpec, GenerateConfig
+from trajgym.rollouts.generate import generate, plan
+from trajgym.testing.fake_openai import FakeOpenAIServer, scripted_agent_responder
 
 ray = pytest.importorskip("ray")
 
@@ -58,7 +59,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) ->
         cfg = GenerateConfig(
             envs=["trajgym/RetailLite-v0"],
             num_tasks=40,
-            teacher=AgentSpec(kind="litellm", llm=llm),
+            agent=AgentSpec(kind="litellm", llm=llm),
             output=tmp_path / "t.jsonl",
             backend="ray",
             ray_workers=2,
@@ -86,7 +87,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) ->
 
 def test_the_local_student_is_refused_on_ray(tmp_path: Path) -> None:
     cfg = GenerateConfig(
-        num_tasks=1, teacher=AgentSpec(kind="student"), backend="ray", output=tmp_path / "s.jsonl"
+        num_tasks=1, agent=AgentSpec(kind="student"), backend="ray", output=tmp_path / "s.jsonl"
     )
     with pytest.raises(ConfigError, match="backend: local"):
         generate(cfg, show_progress=False)
@@ -94,8 +95,8 @@ def test_the_local_student_is_refused_on_ray(tmp_path: Path) -> None:
 
 def test_simulated_users_are_counted_once_per_episode_on_ray(tmp_path: Path) -> None:
     """Several episodes share a worker at once: each one's user turns count exactly once."""
+    from trajgym.rollouts.config import UserSpec
     from trajgym.testing.fake_openai import scripted_user_responder
-    from trajgym.rollouts.generate import UserSpec
 
     with FakeOpenAIServer(scripted_user_responder) as server:
         user = UserSpec(

@@ -11,8 +11,8 @@ from trajgym.agents.expert import ScriptedExpert
 from trajgym.envs import make
 from trajgym.envs.retail.tasks import OOD_FAMILIES, make_tasks
 from trajgym.envs.retail.world import make_world
-from trajgym.rollouts.rollout import rollout
 from trajgym.records.schema import FunctionCall, Message, ToolCall
+from trajgym.rollouts.rollout import rollout
 
 SPLITS = ("train", "test", "ood")
 

@@ -14,6 +14,10 @@ from helpers import tiny_model, tiny_tokenizer
 
 from trajgym.agents.replies import Generated
 from trajgym.agents.tool_text import chatml, to_text_messages
+from trajgym.records.schema import Trajectory
+from trajgym.records.store import read_trajectories
+from trajgym.rollouts.config import GenerateConfig
+from trajgym.rollouts.generate import generate
 from trajgym.train.masks import generated_sequences, tokenize_with_masks
 from trajgym.train.rl import (
     Episode,
@@ -27,9 +31,6 @@ from trajgym.train.rl import (
     task_pool,
     train,
 )
-from trajgym.rollouts.generate import GenerateConfig, generate
-from trajgym.records.schema import Trajectory
-from trajgym.records.store import read_trajectories
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ def test_two_grpo_steps_on_the_default_student_mask_advantage_and_change_it(tmp_
     out = tmp_path / "rl"
     config = RLConfig(
         output_dir=out,
-        steps=2,
+        iterations=2,
         tasks_per_step=1,
         group_size=2,
         max_new_tokens=12,
@@ -218,7 +219,7 @@ def test_a_run_resumes_from_its_checkpoint(tiny: Path, tmp_path: Path) -> None:
     config = RLConfig(
         model=str(tiny),
         output_dir=tmp_path / "resume",
-        steps=2,
+        iterations=2,
         tasks_per_step=1,
         group_size=2,
         max_new_tokens=6,
@@ -293,7 +294,7 @@ def test_rollouts_on_a_vllm_style_server_train_on_its_tokens_and_sync_the_adapte
             model=str(tiny),
             output_dir=tmp_path / "remote",
             server=remote,
-            steps=2,
+            iterations=2,
             tasks_per_step=1,
             group_size=2,
             max_new_tokens=6,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from trajgym.records.schema import FunctionCall, ToolCall
 from trajgym.tools.sandbox import ProcessSandbox, SandboxLimits, isolation
 from trajgym.tools.sandbox.tools import SANDBOX_TOOLKIT
-from trajgym.records.schema import FunctionCall, ToolCall
 
 pytestmark = pytest.mark.skipif(not all(isolation().values()), reason=str(isolation()))
 

@@ -7,8 +7,8 @@ import pytest
 
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.envs import make
-from trajgym.rollouts.rollout import rollout
 from trajgym.records.schema import Message, Trajectory, Usage
+from trajgym.rollouts.rollout import rollout
 
 
 def test_trajectory_round_trips_and_is_openai_shaped() -> None:

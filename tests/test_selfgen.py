@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from trajgym.envs import make
-from trajgym.rollouts.generate import AgentSpec
-from trajgym.rollouts.selfgen import SelfGenConfig, self_generate
 from trajgym.records.store import read_trajectories
+from trajgym.rollouts.config import AgentSpec
+from trajgym.rollouts.selfgen import SelfGenConfig, self_generate
 
 
 def config(tmp_path: Path, **kw) -> SelfGenConfig:

@@ -9,9 +9,10 @@ import torch
 from helpers import tiny_model, tiny_tokenizer
 
 from trajgym.agents.tool_text import chatml, to_text_messages
-from trajgym.train.sft import SFTConfig, train
-from trajgym.rollouts.generate import GenerateConfig, generate
 from trajgym.records.store import read_trajectories
+from trajgym.rollouts.config import GenerateConfig
+from trajgym.rollouts.generate import generate
+from trajgym.train.sft import SFTConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def config(setup, out: Path, **kw) -> SFTConfig:
         output_dir=out,
         lr=1e-2,
         batch_size=4,
-        max_steps=12,
+        max_optimizer_steps=12,
         max_length=16384,
         warmup_ratio=0.0,
         schedule="constant",
@@ -99,9 +100,9 @@ def test_only_assistant_tokens_carry_loss(setup, tmp_path: Path) -> None:
 
 
 def test_resume_continues_where_it_stopped(setup, tmp_path: Path) -> None:
-    straight = train(config(setup, tmp_path / "straight", max_steps=6, save_every=3))
-    partial = train(config(setup, tmp_path / "resumed", max_steps=3, save_every=3))
-    resumed = train(config(setup, tmp_path / "resumed", max_steps=6, save_every=3))
+    straight = train(config(setup, tmp_path / "straight", max_optimizer_steps=6, save_every=3))
+    partial = train(config(setup, tmp_path / "resumed", max_optimizer_steps=3, save_every=3))
+    resumed = train(config(setup, tmp_path / "resumed", max_optimizer_steps=6, save_every=3))
     assert partial["steps"] == 3 and resumed["steps"] == 6
     assert resumed["losses"] == pytest.approx(straight["losses"], rel=1e-4)
 
@@ -130,7 +131,7 @@ def test_runs_under_accelerate_launch_with_two_cpu_processes(setup, tmp_path: Pa
             "--set",
             f"model={model}",
             "--set",
-            "max_steps=2",
+            "max_optimizer_steps=2",
             "--set",
             "max_length=16384",
             "--set",
@@ -182,14 +183,14 @@ def test_killed_at_random_points_then_resumed_gives_the_same_loss_curve(
     import time
 
     steps = 10
-    straight = train(config(setup, tmp_path / "straight", max_steps=steps, save_every=1))
+    straight = train(config(setup, tmp_path / "straight", max_optimizer_steps=steps, save_every=1))
     out = tmp_path / "killed"
     data, model = setup
     overrides = {
         "model": str(model),
         "lr": 0.01,
         "batch_size": 4,
-        "max_steps": steps,
+        "max_optimizer_steps": steps,
         "save_every": 1,
         "max_length": 16384,
         "warmup_ratio": 0.0,

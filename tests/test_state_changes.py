@@ -11,8 +11,8 @@ from trajgym.agents.expert import ScriptedExpert
 from trajgym.envs import make
 from trajgym.envs.base import MAX_CHANGES, ToolEnv, bounded_changes, overlay_changes
 from trajgym.envs.store import Store
-from trajgym.rollouts.rollout import rollout
 from trajgym.records.schema import MAX_CHANGE_CHARS, StateChange, Trajectory, Verdict
+from trajgym.rollouts.rollout import rollout
 
 
 def _expert(env_id: str, family: str, split: str = "test", seed: int = 0) -> Trajectory:

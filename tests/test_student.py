@@ -120,8 +120,9 @@ def test_batched_generation_matches_one_by_one_and_batches_episodes() -> None:
 
 
 def test_generation_with_a_student_on_disk(tmp_path) -> None:
-    from trajgym.rollouts.generate import GenerateConfig, generate
     from trajgym.records.store import read_trajectories
+    from trajgym.rollouts.config import GenerateConfig
+    from trajgym.rollouts.generate import generate
 
     tok = tiny_tokenizer(corpus())
     tiny_model(tok).save_pretrained(tmp_path / "tiny")
@@ -130,9 +131,9 @@ def test_generation_with_a_student_on_disk(tmp_path) -> None:
         split="test",
         num_tasks=6,
         concurrency=6,
-        max_steps=2,
+        max_turns=2,
         output=tmp_path / "s.jsonl",
-        teacher={"kind": "student", "student": str(tmp_path / "tiny"), "max_new_tokens": 4},
+        agent={"kind": "student", "student": str(tmp_path / "tiny"), "max_new_tokens": 4},
     )
     report = generate(cfg, show_progress=False)
     trajectories = list(read_trajectories(cfg.output))

@@ -10,9 +10,9 @@ from helpers import tiny_tokenizer
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.agents.tool_text import chatml, parse_reply, to_text_messages, tools_prompt
 from trajgym.envs import make
-from trajgym.tools import tool
-from trajgym.rollouts.rollout import rollout
 from trajgym.records.schema import Message
+from trajgym.rollouts.rollout import rollout
+from trajgym.tools import tool
 
 
 def test_hermes_calls_with_text_around() -> None:

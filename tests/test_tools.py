@@ -10,8 +10,8 @@ from typing import Literal
 import pytest
 
 from trajgym.envs.retail.tools import RETAIL_TOOLKIT
-from trajgym.tools import ToolError, Toolkit, tool
 from trajgym.records.schema import FunctionCall, ToolCall
+from trajgym.tools import ToolError, Toolkit, tool
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "retail_tools.json"
 

@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 from trajgym import cli_view
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.envs import make
-from trajgym.rollouts.rollout import rollout
 from trajgym.records.schema import (
     Finding,
     FunctionCall,
@@ -34,6 +33,7 @@ from trajgym.records.schema import (
     ToolCall,
     Trajectory,
 )
+from trajgym.rollouts.rollout import rollout
 from trajgym.views.viewer import facets, load_sources, page_data, render_html, write_report
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -16,9 +16,9 @@ from trajgym.envs import make
 from trajgym.envs.workspace import WorkspaceEnv
 from trajgym.envs.workspace.code import catalog
 from trajgym.envs.workspace.tasks import make_tasks
-from trajgym.tools.sandbox import docker_available
-from trajgym.rollouts.rollout import rollout
 from trajgym.records.schema import FunctionCall, Message, Task, ToolCall
+from trajgym.rollouts.rollout import rollout
+from trajgym.tools.sandbox import docker_available
 
 ENV_ID = "trajgym/Workspace-v0"
 

@@ -155,7 +155,7 @@ def generate(
     Re-running the same command after a crash resumes: episodes already stored are skipped.
     """
     from trajgym.config import load_config
-    from trajgym.rollouts.generate import GenerateConfig
+    from trajgym.rollouts.config import GenerateConfig
     from trajgym.rollouts.generate import generate as run_generation
 
     flags = {
@@ -249,7 +249,7 @@ def evaluate(
     """
     from trajgym.config import load_config
     from trajgym.records.store import read_trajectories
-    from trajgym.rollouts.generate import GenerateConfig
+    from trajgym.rollouts.config import GenerateConfig
     from trajgym.rollouts.generate import generate as run_generation
     from trajgym.train.evaluate import summarize
 

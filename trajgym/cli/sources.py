@@ -62,7 +62,7 @@ def label(
     """
     from trajgym.errors import ConfigError
     from trajgym.llm.client import LLMConfig
-    from trajgym.rollouts.generate import AgentSpec
+    from trajgym.rollouts.config import AgentSpec
     from trajgym.rollouts.onpolicy import label_file
 
     if not Path(rollouts).exists():

@@ -29,7 +29,6 @@ from trajgym.experiments.compare_report import data_statistics, plot_results, re
 from trajgym.experiments.pipeline import EvalStage, check_stage
 from trajgym.judges.calibration import JudgeConfig
 from trajgym.records.store import read_trajectories
-from trajgym.records.schema import Split
 from trajgym.rollouts.config import AgentSpec, GenerateConfig
 from trajgym.rollouts.generate import generate
 from trajgym.rollouts.selfgen import Keep, SelfGenConfig, self_generate

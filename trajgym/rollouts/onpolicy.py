@@ -28,7 +28,7 @@ from trajgym.errors import ConfigError, ProviderError
 from trajgym.llm.client import LLMClient
 from trajgym.records.schema import Message, Provenance, TeacherLabel, Trajectory, Usage
 from trajgym.records.store import TrajectoryStore, read_trajectories
-from trajgym.rollouts.generate import AgentSpec
+from trajgym.rollouts.config import AgentSpec
 
 
 def teacher_agent(spec: AgentSpec, client: LLMClient | None = None) -> Agent:

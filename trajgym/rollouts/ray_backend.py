@@ -30,7 +30,8 @@ from trajgym.records.schema import Trajectory
 from trajgym.records.store import Key
 
 if TYPE_CHECKING:
-    from trajgym.rollouts.generate import GenerateConfig, GenerateReport
+    from trajgym.rollouts.config import GenerateConfig
+    from trajgym.rollouts.progress import GenerateReport
 
 # A worker that dies is restarted, and its episodes retried, this many times.
 MAX_RETRIES = 5
@@ -40,7 +41,8 @@ class EpisodeWorker:
     """A Ray actor: one process's environments and clients, playing episodes on threads."""
 
     def __init__(self, payload: str) -> None:
-        from trajgym.rollouts.generate import EpisodeRunner, GenerateConfig
+        from trajgym.rollouts.config import GenerateConfig
+        from trajgym.rollouts.runner import EpisodeRunner
 
         self.runner = EpisodeRunner(GenerateConfig.model_validate_json(payload), SimulatorStats())
 
@@ -64,9 +66,9 @@ def play_on_ray(
     """Play ``todo`` on Ray, handing each trajectory to ``keep`` on the driver."""
     import ray
 
-    from trajgym.rollouts.generate import generation_progress
+    from trajgym.rollouts.progress import generation_progress
 
-    if config.teacher.kind == "student":
+    if config.agent.kind == "student":
         raise ConfigError(
             "Ray generation plays with the scripted expert, an LLM (litellm) or a baseline; a "
             "local student generates with `backend: local` (it batches on one model)."

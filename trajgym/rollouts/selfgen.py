@@ -26,7 +26,8 @@ from trajgym.judges.calibration import (
 from trajgym.judges.judge import Judge
 from trajgym.records.schema import Trajectory
 from trajgym.records.store import TrajectoryStore, read_trajectories
-from trajgym.rollouts.generate import AgentSpec, GenerateConfig, generate
+from trajgym.rollouts.config import AgentSpec, GenerateConfig
+from trajgym.rollouts.generate import generate
 
 Keep = Literal["verified", "judge", "both"]
 
@@ -56,7 +57,7 @@ class SelfGenConfig(BaseModel):
     seed: int = Field(0, description="Base seed of the episodes.")
     output: Path = Field(Path("runs/selfgen/self.jsonl"), description="Kept trajectories.")
     concurrency: int = Field(8, ge=1, description="Episodes in flight (= the student's batch).")
-    max_steps: int | None = Field(12, ge=1, description="Agent steps before an episode is cut.")
+    max_turns: int | None = Field(12, ge=1, description="Agent steps before an episode is cut.")
 
     @property
     def rollouts_path(self) -> Path:
@@ -78,11 +79,11 @@ def self_generate(config: SelfGenConfig, show_progress: bool = True) -> dict[str
                 first_task=config.first_task,
                 num_tasks=tasks,
                 samples_per_task=config.samples_per_task,
-                teacher=config.agent,
+                agent=config.agent,
                 seed=config.seed,
                 output=config.rollouts_path,
                 concurrency=config.concurrency,
-                max_steps=config.max_steps,
+                max_turns=config.max_turns,
             ),
             show_progress,
         )

@@ -67,7 +67,9 @@ class RLConfig(ModelTraining):
     split: Split = Field("train", description="Split the tasks are drawn from.")
     families: list[str] | None = Field(None, description="Only these task families (None: all).")
     output_dir: Path = Field(Path("runs/rl"), description="Checkpoints, adapter, curves, config.")
-    steps: int = Field(20, ge=1, description="Optimizer steps (one batch of rollouts each).")
+    iterations: int = Field(
+        20, ge=1, description="GRPO iterations: rollouts, then updates_per_batch optimizer steps."
+    )
     tasks_per_step: int = Field(4, ge=1, description="Tasks per step, over all processes.")
     group_size: int = Field(4, ge=2, description="Episodes per task (the GRPO group).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
@@ -320,8 +322,8 @@ def train(
         disable=not accelerator.is_main_process,
     )
     progress.start()
-    bar = progress.add_task("steps", total=config.steps, completed=state["step"], success="-")
-    while state["step"] < config.steps:
+    bar = progress.add_task("steps", total=config.iterations, completed=state["step"], success="-")
+    while state["step"] < config.iterations:
         step = state["step"]
         torch.manual_seed(config.seed * 100_003 + step * world + rank)  # sampling differs by rank
         t0 = time.perf_counter()

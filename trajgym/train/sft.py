@@ -44,7 +44,7 @@ class SFTConfig(ModelTraining):
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay.")
     warmup_ratio: float = Field(0.05, ge=0, le=1, description="Share of steps warming up.")
     epochs: int = Field(1, ge=1, description="Passes over the data.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    max_optimizer_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(4, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(4096, ge=16, description="Longer sequences are truncated.")
@@ -146,7 +146,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
     examples = load_examples(config, tokenizer)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_epoch = math.ceil(len(examples) / config.batch_size / world)
-    total = config.max_steps or math.ceil(micro_per_epoch / config.grad_accum) * config.epochs
+    total = config.max_optimizer_steps or math.ceil(micro_per_epoch / config.grad_accum) * config.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     scheduler = get_scheduler(config.schedule, optimizer, int(config.warmup_ratio * total), total)
@@ -166,7 +166,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
     )
     with progress:
         bar = progress.add_task("steps", total=total, completed=step, loss="-")
-        for epoch in itertools.count():  # max_steps may ask for more than `epochs`
+        for epoch in itertools.count():  # max_optimizer_steps may ask for more than `epochs`
             if step >= total:
                 break
             micro_losses: list[float] = []
