@@ -386,7 +386,7 @@ def test_judge_grades_replay_bit_for_bit_through_the_environment_variable(
 def test_cli_generate_records_and_replays(tmp_path: Path) -> None:
     runner = CliRunner()
     common = ["--env", "trajgym/RetailLite-v0", "--num-tasks", "2", "--concurrency", "2"]
-    common += ["--teacher-model", "openai/fake"]
+    common += ["--agent-model", "openai/fake"]
 
     def run(base_url: str, out: str, *mode: str) -> None:
         args = ["generate", *common, "--api-base", base_url, "-o", str(tmp_path / out), *mode]

@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 
 def test_generate_config_loads() -> None:
     cfg = load_config(GenerateConfig, CONFIGS / "generate.yaml", ["split=test"])
-    assert cfg.split == "test" and cfg.num_tasks == 200 and cfg.teacher.kind == "expert"
+    assert cfg.split == "test" and cfg.num_tasks == 200 and cfg.agent.kind == "expert"
 
 
 def test_sft_config_loads() -> None:

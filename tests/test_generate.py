@@ -171,9 +171,9 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Known personas"):
         load_config(GenerateConfig, None, ["personas=[grumpy]"])
     ok = load_config(
-        GenerateConfig, None, ["teacher.kind=litellm", "teacher.llm.model=openai/x", "num_tasks=5"]
+        GenerateConfig, None, ["agent.kind=litellm", "agent.llm.model=openai/x", "num_tasks=5"]
     )
-    assert ok.teacher.llm is not None and ok.teacher.llm.model == "openai/x" and ok.num_tasks == 5
+    assert ok.agent.llm is not None and ok.agent.llm.model == "openai/x" and ok.num_tasks == 5
 
 
 def test_a_user_whose_opening_fails_does_not_stop_the_run(tmp_path: Path) -> None:

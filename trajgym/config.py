@@ -7,7 +7,7 @@ one line each, and saves the resolved config next to the stage's outputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,8 +19,13 @@ from trajgym.errors import ConfigError
 C = TypeVar("C", bound=BaseModel)
 
 
-def load_config(model: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
-    """Build ``model`` from a YAML file (optional) and ``a.b=value`` overrides."""
+def load_config(
+    model: type[C],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> C:
+    """Build ``model`` from a YAML file (optional), field ``values``, then ``a.b=value``."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -33,6 +38,7 @@ def load_config(model: type[C], path: str | Path | None = None, overrides: Seque
         if not isinstance(loaded, dict):
             raise ConfigError(f"Config file '{path}' must hold a mapping at the top level.")
         data = loaded
+    data.update(values or {})
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

@@ -9,23 +9,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
-
-Overrides = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config key: a.b=value.")
-]
+from trajgym.cli.common import console, results_table
+from trajgym.cli.options import Overrides, config_options
+from trajgym.rollouts.selfgen import SelfGenConfig
 
 
+@config_options(SelfGenConfig, aliases={"output": "-o"})
 def selfgen(
     config: Annotated[str | None, typer.Argument(help="YAML config (SelfGenConfig).")] = None,
     set_: Overrides = None,
     student: Annotated[str | None, typer.Option(help="Student model path or id.")] = None,
     adapter: Annotated[str | None, typer.Option(help="peft adapter for the student.")] = None,
-    keep: Annotated[str | None, typer.Option(help="verified, judge or both.")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Kept JSONL.")] = None,
+    *,
+    flags: dict[str, Any],
 ) -> None:
     """Self-generated data: the student plays k episodes per task; the verified ones are kept.
 
@@ -33,11 +30,11 @@ def selfgen(
     is kept beside the output (`.rollouts.jsonl`) and the run resumes.
     """
     from trajgym.config import load_config
-    from trajgym.rollouts.selfgen import SelfGenConfig, self_generate
+    from trajgym.rollouts.selfgen import self_generate
 
-    flags = {"agent.student": student, "agent.adapter": adapter, "keep": keep, "output": output}
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    cfg = load_config(SelfGenConfig, config, [*overrides, *(set_ or [])])
+    nested = {"agent.student": student, "agent.adapter": adapter}
+    overrides = [f"{k}={v}" for k, v in nested.items() if v is not None]
+    cfg = load_config(SelfGenConfig, config, [*overrides, *(set_ or [])], flags)
     counts = self_generate(cfg)
     console.print(f"kept {counts['kept']} of {counts['rollouts']} episodes into {cfg.output}")
     console.print(counts)
@@ -97,14 +94,3 @@ def compare(
     report = run_compare(cfg)
     console.print(results_table(report["results"], cfg.env, "student", "where"))
     console.print(f"Report: {cfg.output_dir / 'report.md'}")
-
-
-def results_table(results: dict[str, dict[str, Any]], title: str, who: str, where: str) -> Table:
-    """Success with its 95% CI for every agent and place it was evaluated."""
-    table = Table(who, where, "tasks", "success", "95% CI", title=title)
-    for agent, by_place in results.items():
-        for place, m in by_place.items():
-            low, high = m["success_ci95"]
-            rate, interval = f"{m['success_rate']:.1%}", f"[{low:.1%}, {high:.1%}]"
-            table.add_row(agent, place, str(m["tasks"]), rate, interval)
-    return table

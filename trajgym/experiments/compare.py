@@ -25,14 +25,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trajgym.experiments.compare_report import data_statistics, plot_results, render_report
-from trajgym.experiments.pipeline import EvalStage, check_stage
+from trajgym.experiments.report import data_statistics, plot_results, render_compare_report
+from trajgym.experiments.stages import (
+    EvalStage,
+    Place,
+    Results,
+    check_stage,
+    evaluate,
+    results_json,
+    student,
+    train_once,
+)
 from trajgym.judges.calibration import JudgeConfig
 from trajgym.records.store import read_trajectories
-from trajgym.rollouts.config import AgentSpec, GenerateConfig
-from trajgym.rollouts.generate import generate
+from trajgym.rollouts.config import AgentSpec
 from trajgym.rollouts.selfgen import Keep, SelfGenConfig, self_generate
-from trajgym.train.sft import SFTConfig
+from trajgym.train.common import TrainedModel
+from trajgym.train.sft import SFTConfig, SFTSettings
 
 Source = Literal["teacher", "self", "on_policy"]
 
@@ -47,7 +56,7 @@ class RolloutStage(BaseModel):
     max_tasks: int = Field(160, ge=1, description="Most train tasks to play.")
     tasks_per_round: int = Field(16, ge=1, description="Tasks added per round until the budget.")
     max_new_tokens: int = Field(96, ge=1, description="Reply length limit.")
-    max_steps: int = Field(12, ge=1, description="Agent steps before an episode is cut.")
+    max_turns: int = Field(12, ge=1, description="Agent steps before an episode is cut.")
     concurrency: int = Field(8, ge=1, description="Episodes in flight (= the student's batch).")
 
 
@@ -86,8 +95,8 @@ class CompareConfig(BaseModel):
     )
     generator_adapter: str | None = Field(None, description="peft adapter for the generator.")
     rollouts: RolloutStage = Field(default_factory=lambda: RolloutStage(), description="Play.")
-    sft: dict[str, Any] = Field(
-        default_factory=dict, description="SFTConfig fields shared by every student."
+    sft: SFTSettings = Field(
+        default_factory=lambda: SFTSettings(), description="How every student is fine-tuned."
     )
     eval: CompareEval = Field(default_factory=lambda: CompareEval(), description="Evaluation.")
     smoke: list[str] = Field(
@@ -101,7 +110,8 @@ class CompareConfig(BaseModel):
 
     def sft_config(self, name: str, data: Path) -> SFTConfig:
         """The SFT run of one student: same base and settings for every source."""
-        fields = {"seed": self.seed, **self.sft}
+        seed = {} if "seed" in self.sft.model_fields_set else {"seed": self.seed}
+        fields = self.sft.model_dump(exclude_unset=True) | seed
         fields |= {"data": [data], "output_dir": self.output_dir / "students" / name}
         return SFTConfig.model_validate(fields)
 
@@ -142,7 +152,7 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
     available = {s: _count(pools[s]) for s in config.sources}
     trainable = [s for s in config.sources if available[s]]  # a source may yield nothing
     matched = min((available[s] for s in trainable), default=0)
-    students: dict[str, dict[str, Any]] = {}
+    students: dict[str, TrainedModel] = {}
     for source in trainable:
         train_file = data / f"train-{source}.jsonl"
         _first(pools[source], train_file, matched)
@@ -161,19 +171,17 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
         "generator": generator.student + (f"+{generator.adapter}" if generator.adapter else ""),
         "data": {
             s: data_statistics(
-                config,
-                s,
-                data / f"train-{s}.jsonl",
+                config.sft_config(s, data / f"train-{s}.jsonl"),
                 _generated(config, s, play),
-                students[s]["adapter"] or students[s]["student"],
+                str(students[s].folder),
             )
             for s in trainable
         },
-        "results": results,
+        "results": results_json(results),
         "timings": timings,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(render_report(report))
+    (out / "report.md").write_text(render_compare_report(report, results))
     plot_results(results, out / "success.png")
     return report
 
@@ -202,23 +210,21 @@ def _sampling(
         seed=config.seed,
         output=output,
         concurrency=64 if agent.kind == "expert" else r.concurrency,
-        max_steps=r.max_steps,
+        max_turns=r.max_turns,
     )
 
 
 def _generator(config: CompareConfig, teacher_data: Path) -> AgentSpec:
     """The student that plays for self / on-policy data (trained here unless given)."""
     r = config.rollouts
-    spec = AgentSpec(kind="student", temperature=r.temperature, max_new_tokens=r.max_new_tokens)
     if config.generator:
-        return spec.model_copy(
-            update={"student": config.generator, "adapter": config.generator_adapter}
-        )
-    sft = config.sft_config("generator", teacher_data)
-    return spec.model_copy(update=_trained(sft))
+        model = TrainedModel(student=config.generator, adapter=config.generator_adapter)
+    else:
+        model = _trained(config.sft_config("generator", teacher_data))
+    return student(model, r.max_new_tokens, r.temperature)
 
 
-def _train(config: CompareConfig, source: str, data: Path, matched: int) -> dict[str, Any]:
+def _train(config: CompareConfig, source: str, data: Path, matched: int) -> TrainedModel:
     """Train one source's student (the generator is reused when it is that very student)."""
     sft = config.sft_config(source, data)
     teacher_pool = config.output_dir / "data" / "teacher.jsonl"
@@ -227,62 +233,43 @@ def _train(config: CompareConfig, source: str, data: Path, matched: int) -> dict
     return _trained(sft)
 
 
-def _trained(sft: SFTConfig) -> dict[str, Any]:
-    """Run an SFT unless it finished before; the AgentSpec fields that load its student."""
-    if not (sft.output_dir / "summary.json").exists():
+def _trained(sft: SFTConfig) -> TrainedModel:
+    """Run an SFT unless it finished before; where its student is."""
+
+    def train() -> Any:
         from trajgym.train.sft import train
 
-        train(sft)
-    if sft.lora or sft.adapter:
-        return {"student": sft.model, "adapter": str(sft.output_dir / "adapter")}
-    return {"student": str(sft.output_dir / "model"), "adapter": None}
+        return train(sft)
+
+    train_once(sft.output_dir, train)
+    return sft.trained()
 
 
 def _evaluate_all(
-    config: CompareConfig, students: dict[str, dict[str, Any]], show_progress: bool
-) -> dict[str, dict[str, Any]]:
-    from trajgym.train.evaluate import summarize
-
+    config: CompareConfig, students: dict[str, TrainedModel], show_progress: bool
+) -> Results:
     e = config.eval
-    base_model = config.sft_config("base", Path()).model
-    base = AgentSpec(kind="student", student=base_model, max_new_tokens=e.max_new_tokens)
+    base = TrainedModel(student=config.sft_config("base", Path()).model)
     agents: dict[str, AgentSpec] = {}
     if e.teacher:
         agents["teacher"] = config.teacher
     if e.base:
-        agents["base student"] = base
+        agents["base student"] = student(base, e.max_new_tokens)
     for source, trained in students.items():
-        agents[f"{source} student"] = base.model_copy(update=trained)
-    places: list[tuple[str, str, str, list[str] | None, int]] = [
-        (config.env, split, split, None, e.num_tasks) for split in e.splits
-    ]
+        agents[f"{source} student"] = student(trained, e.max_new_tokens)
+    places = [Place(env=config.env, split=s, label=s, num_tasks=e.num_tasks) for s in e.splits]
     if e.heldout_env:
         name = f"{e.heldout_env.split('/')[-1]} (held-out domain)"
-        places.append((e.heldout_env, "test", name, e.heldout_families, e.heldout_tasks))
-    results: dict[str, dict[str, Any]] = {}
-    for agent_name, agent in agents.items():
-        for env_id, split, label, families, tasks in places:
-            slug = f"{agent_name}-{label}".replace(" ", "-").replace("(", "").replace(")", "")
-            output = config.output_dir / "eval" / f"{slug}.jsonl"
-            generate(
-                GenerateConfig(
-                    envs=[env_id],
-                    split=split,
-                    families=families,
-                    num_tasks=tasks,
-                    samples_per_task=e.k,
-                    teacher=agent,
-                    seed=config.seed,
-                    output=output,
-                    concurrency=e.concurrency,
-                    max_steps=e.max_steps,
-                ),
-                show_progress,
+        places.append(
+            Place(
+                env=e.heldout_env,
+                split="test",
+                label=name,
+                num_tasks=e.heldout_tasks,
+                families=e.heldout_families,
             )
-            metrics = summarize(read_trajectories(output), e.k)
-            output.with_suffix(".eval.json").write_text(json.dumps(metrics, indent=1))
-            results.setdefault(agent_name, {})[label] = metrics
-    return results
+        )
+    return evaluate(agents, places, e, config.output_dir / "eval", config.seed, show_progress)
 
 
 def _generated(config: CompareConfig, source: str, play: SelfGenConfig) -> Path:

@@ -32,6 +32,31 @@ class ModelTraining(BaseModel):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
 
 
+class TrainedModel(BaseModel):
+    """A trained student as an agent loads it: a model, and the adapter on top, if any."""
+
+    model_config = ConfigDict(frozen=True)
+
+    student: str = Field(description="HF model path or id.")
+    adapter: str | None = Field(None, description="peft adapter folder on top of it.")
+
+    @property
+    def folder(self) -> Path:
+        """The folder the training run wrote (the adapter's, or the whole model's)."""
+        return Path(self.adapter or self.student)
+
+
+def trained_model(config: ModelTraining, output_dir: Path) -> TrainedModel:
+    """Where a training run puts its model: the one answer, for SFT, RL and evaluation.
+
+    A run that trains an adapter (``lora``, or starting from one) writes ``adapter/`` on top
+    of its base model; a full fine-tune writes the whole model to ``model/``.
+    """
+    if config.lora or config.adapter is not None:
+        return TrainedModel(student=config.model, adapter=str(output_dir / "adapter"))
+    return TrainedModel(student=str(output_dir / "model"))
+
+
 def prepare_model(config: ModelTraining, device: str) -> tuple[Any, Any]:
     """The model to train (a peft model when training an adapter) and its tokenizer."""
     model, tokenizer = load_student(config.model, device=device)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,10 +37,12 @@ from trajgym.records.schema import Split, Trajectory
 from trajgym.rollouts.rollout import rollout
 from trajgym.train.common import (
     ModelTraining,
+    TrainedModel,
     load_checkpoint,
     plot_curves,
     prepare_model,
     save_checkpoint,
+    trained_model,
 )
 from trajgym.train.evaluate import invalid_tool_calls, tool_calls
 from trajgym.train.masks import Sampled, generated_sequences
@@ -60,13 +62,11 @@ class RewardWeights(BaseModel):
     )
 
 
-class RLConfig(ModelTraining):
-    """A GRPO run."""
+class RLSettings(ModelTraining):
+    """How to run GRPO: everything of an RL run but its environments and its folder."""
 
-    envs: list[str] = Field(["trajgym/RetailLite-v0"], description="Environments to act in.")
     split: Split = Field("train", description="Split the tasks are drawn from.")
     families: list[str] | None = Field(None, description="Only these task families (None: all).")
-    output_dir: Path = Field(Path("runs/rl"), description="Checkpoints, adapter, curves, config.")
     iterations: int = Field(
         20, ge=1, description="GRPO iterations: rollouts, then updates_per_batch optimizer steps."
     )
@@ -89,10 +89,30 @@ class RLConfig(ModelTraining):
     )
 
     @model_validator(mode="after")
-    def _server_needs_an_adapter(self) -> RLConfig:
+    def _server_needs_an_adapter(self) -> RLSettings:
         if self.server is not None and not (self.lora or self.adapter):
             raise ValueError("server: rollouts on a server sync a LoRA adapter; set lora: true")
         return self
+
+
+class RLConfig(RLSettings):
+    """A GRPO run."""
+
+    envs: list[str] = Field(["trajgym/RetailLite-v0"], description="Environments to act in.")
+    output_dir: Path = Field(Path("runs/rl"), description="Checkpoints, adapter, curves, config.")
+
+    def trained(self) -> TrainedModel:
+        """Where this run puts its model."""
+        return trained_model(self, self.output_dir)
+
+
+class RLSummary(TypedDict):
+    """What an RL run did (also ``summary.json`` in its folder)."""
+
+    steps: int
+    final: str
+    history: list[dict[str, Any]]
+    loop_s: float
 
 
 # Rollouts -----------------------------------------------------------------------------------
@@ -284,7 +304,7 @@ def _pad(batch: Sequence[tuple[Sampled, float]], model: Any) -> dict[str, Any]:
 
 def train(
     config: RLConfig, extra_reward: Callable[[Trajectory], float] | None = None
-) -> dict[str, Any]:
+) -> RLSummary:
     """Run (or resume) GRPO; returns a summary (also written to output_dir/summary.json).
 
     ``extra_reward`` adds any score of a trajectory (a judge's, say) to the configured ones.
@@ -363,7 +383,7 @@ def train(
     save_checkpoint(out, accelerator, state)
     if server is not None:
         server.close()
-    final = out / ("adapter" if config.lora or config.adapter else "model")
+    final = config.trained().folder
     accelerator.wait_for_everyone()
     history = state["history"]
     if accelerator.is_main_process:
@@ -372,7 +392,7 @@ def train(
         names = ("reward", "success", "reply_tokens") + (("kl",) if config.kl_coef else ())
         curves = {k: [h[k] for h in history] for k in names}  # KL is measured only when used
         plot_curves(curves, out / "curves.png", "GRPO")
-    summary = {
+    summary: RLSummary = {
         "steps": state["step"],
         "final": str(final),
         "history": history,

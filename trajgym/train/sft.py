@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,29 +26,54 @@ from trajgym.records.schema import Message
 from trajgym.records.store import read_trajectories
 from trajgym.train.common import (
     ModelTraining,
+    TrainedModel,
     load_checkpoint,
     plot_curves,
     prepare_model,
     save_checkpoint,
+    trained_model,
 )
 from trajgym.train.masks import IGNORE_INDEX, tokenize_with_masks
 
 
-class SFTConfig(ModelTraining):
-    """An SFT run."""
+class SFTSettings(ModelTraining):
+    """How to fine-tune: everything of an SFT run but its data and its folder."""
 
-    data: list[Path] = Field(description="Trajectory JSONL files.")
     min_reward: float | None = Field(1.0, description="Train only on rewards >= this (None: all).")
-    output_dir: Path = Field(Path("runs/sft"), description="Checkpoints, adapter, curve, config.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay.")
     warmup_ratio: float = Field(0.05, ge=0, le=1, description="Share of steps warming up.")
     epochs: int = Field(1, ge=1, description="Passes over the data.")
-    max_optimizer_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    max_optimizer_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps."
+    )
     batch_size: int = Field(4, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(4096, ge=16, description="Longer sequences are truncated.")
     bucket_by_length: bool = Field(True, description="Batch sequences of similar length.")
+
+
+class SFTConfig(SFTSettings):
+    """An SFT run."""
+
+    data: list[Path] = Field(description="Trajectory JSONL files.")
+    output_dir: Path = Field(Path("runs/sft"), description="Checkpoints, adapter, curve, config.")
+
+    def trained(self) -> TrainedModel:
+        """Where this run puts its model."""
+        return trained_model(self, self.output_dir)
+
+
+class SFTSummary(TypedDict):
+    """What an SFT run did (also ``summary.json`` in its folder)."""
+
+    steps: int
+    tokens: int
+    examples: int
+    losses: list[float]
+    final: str
+    loop_s: float
+    tokens_per_s: float | None
 
 
 # Data ---------------------------------------------------------------------------------------
@@ -128,7 +153,7 @@ def batches(
 # Training -----------------------------------------------------------------------------------
 
 
-def train(config: SFTConfig) -> dict[str, Any]:
+def train(config: SFTConfig) -> SFTSummary:
     """Run SFT; returns a summary (also written to output_dir/summary.json)."""
     import torch
     from accelerate import Accelerator
@@ -146,7 +171,8 @@ def train(config: SFTConfig) -> dict[str, Any]:
     examples = load_examples(config, tokenizer)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_epoch = math.ceil(len(examples) / config.batch_size / world)
-    total = config.max_optimizer_steps or math.ceil(micro_per_epoch / config.grad_accum) * config.epochs
+    per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
+    total = config.max_optimizer_steps or per_epoch * config.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     scheduler = get_scheduler(config.schedule, optimizer, int(config.warmup_ratio * total), total)
@@ -195,13 +221,13 @@ def train(config: SFTConfig) -> dict[str, Any]:
                         save_checkpoint(out, accelerator, state)
     loop_s = time.perf_counter() - loop_started
     save_checkpoint(out, accelerator, state)
-    final = out / ("adapter" if config.lora or config.adapter else "model")
+    final = config.trained().folder
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(final)
         tokenizer.save_pretrained(final)
         plot_curves({"loss (assistant tokens)": losses}, out / "loss.png", "SFT")
-    summary = {
+    summary: SFTSummary = {
         "steps": step,
         "tokens": tokens,
         "examples": len(examples),

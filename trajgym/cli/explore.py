@@ -1,0 +1,108 @@
+"""Verbs to look around: ``envs``, ``tasks``, ``rollout``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, cast
+
+import typer
+from rich.table import Column, Table
+
+from trajgym.agents.base import Agent
+from trajgym.cli.common import console
+from trajgym.errors import TrajgymError
+from trajgym.records.schema import Split
+
+AGENTS = ("expert", "nothing", "random")
+
+
+def envs() -> None:
+    """List the registered environments with their task counts per split."""
+    from trajgym.envs import env_ids, tool_env
+    from trajgym.records.schema import SPLITS
+
+    table = Table("environment", *SPLITS, "tools")
+    for env_id in env_ids():
+        env = tool_env(env_id)
+        counts = [str(len(env.tasks(s))) for s in SPLITS]
+        table.add_row(env_id, *counts, str(len(env.toolkit.tools)))
+        env.close()
+    console.print(table)
+
+
+def tasks(
+    env_id: Annotated[str, typer.Argument(help="Environment id, e.g. trajgym/Retail-v1.")],
+    split: Annotated[str, typer.Option(help="train, test or ood.")] = "train",
+    family: Annotated[str | None, typer.Option(help="Only this task family.")] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many tasks.")] = 20,
+) -> None:
+    """List an environment's tasks: id, family, difficulty and the user's opening request."""
+    from trajgym.envs import tool_env
+
+    env = tool_env(env_id, split=split)
+    found = [t for t in env.tasks() if family is None or t.family == family]
+    table = Table(Column("task id", no_wrap=True), "family", "difficulty", "opening request")
+    for task in found[:limit]:
+        table.add_row(task.id, task.family, str(task.difficulty), task.goal.intents[0].request)
+    console.print(table)
+    by_family = Counter(t.family for t in found)
+    console.print(
+        f"{len(found)} tasks; by family: "
+        + ", ".join(f"{f} {n}" for f, n in sorted(by_family.items()))
+    )
+
+
+def rollout(
+    env_id: Annotated[str, typer.Argument(help="Environment id, e.g. trajgym/Retail-v1.")],
+    agent: Annotated[str, typer.Option(help=f"One of: {', '.join(AGENTS)}.")] = "expert",
+    task: Annotated[
+        str | None, typer.Option(help="Task id (default: drawn from the seed).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train, test or ood.")] = "test",
+    seed: Annotated[int, typer.Option(help="Episode seed.")] = 0,
+    persona: Annotated[str | None, typer.Option(help="Simulated user persona.")] = None,
+    n: Annotated[int, typer.Option(help="Run the first N tasks of the split and summarise.")] = 0,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write trajectories as JSONL.")
+    ] = None,
+) -> None:
+    """Run an agent in an environment and print the conversation (or, with --n, a summary)."""
+    from trajgym.envs import make, tasks_of
+    from trajgym.rollouts.rollout import rollout as run_episode
+    from trajgym.views.render import print_summary, print_trajectory
+
+    env = make(env_id, split=split)
+    if n:
+        task_ids: list[str | None] = [t.id for t in tasks_of(env_id, cast(Split, split))[:n]]
+    else:
+        task_ids = [task] if task else [None]
+    results = []
+    for i, task_id in enumerate(task_ids):
+        results.append(
+            run_episode(env, _make_agent(agent), seed=seed + i, task_id=task_id, persona=persona)
+        )
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "w") as f:
+            for t in results:
+                f.write(t.model_dump_json() + "\n")
+    if n:
+        print_summary(console, results)
+    else:
+        print_trajectory(console, results[0])
+
+
+def _make_agent(name: str) -> Agent:
+    from trajgym.agents.baselines import DoNothingAgent, RandomToolAgent
+    from trajgym.agents.expert import ScriptedExpert
+
+    makers: dict[str, Callable[[], Agent]] = {
+        "expert": ScriptedExpert,
+        "nothing": DoNothingAgent,
+        "random": RandomToolAgent,
+    }
+    if name not in makers:
+        raise TrajgymError(f"Unknown agent '{name}'. Choose one of: {', '.join(AGENTS)}.")
+    return makers[name]()
