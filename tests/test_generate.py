@@ -157,7 +157,7 @@ def test_torn_tail_is_cut_and_bad_lines_are_named(tmp_path: Path) -> None:
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("split: validation\nteacher: {kind: litellm}\n")
+    bad.write_text("split: validation\nagent: {kind: litellm}\n")
     with pytest.raises(ConfigError) as e:
         load_config(GenerateConfig, bad)
     assert "split" in str(e.value) and "needs an 'llm' section" in str(e.value)

@@ -228,7 +228,7 @@ def test_a_run_resumes_from_its_checkpoint(tiny: Path, tmp_path: Path) -> None:
         rewards=RewardWeights(brevity=1.0),
     )
     first = train(config)["history"]
-    resumed = train(config.model_copy(update={"steps": 3}))["history"]
+    resumed = train(config.model_copy(update={"iterations": 3}))["history"]
     assert [h["step"] for h in resumed] == [1, 2, 3] and resumed[:2] == first
 
 
@@ -239,7 +239,7 @@ def test_one_rl_step_under_accelerate_launch_with_two_cpu_processes(
     out = tmp_path / "ddp"
     settings = {
         "model": str(tiny),
-        "steps": 1,
+        "iterations": 1,
         "tasks_per_step": 2,
         "group_size": 2,
         "max_new_tokens": 6,

@@ -19,7 +19,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from trajgym import cli_view
+from trajgym.cli import view as cli_view
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.envs import make
 from trajgym.records.schema import (
@@ -182,7 +182,7 @@ def test_untrusted_text_cannot_leave_its_element(files: list[Path]) -> None:
 
 
 def test_the_page_loads_nothing_from_outside() -> None:
-    assets = resources.files("trajgym.trajectories").joinpath("viewer_assets")
+    assets = resources.files("trajgym.views").joinpath("viewer_assets")
     text = "".join(
         assets.joinpath(n).read_text() for n in ("viewer.html", "viewer.css", "viewer.js")
     )

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 def render_run_report(report: dict[str, Any], results: Results) -> str:
     """The main job's report as Markdown: one row per agent and split."""
-    k = report["k"]
     lines = [
         f"# trajgym run: {report['env']}",
         "",
@@ -29,19 +28,8 @@ def render_run_report(report: dict[str, Any], results: Results) -> str:
             else ""
         ),
         "",
-        f"| agent | split | tasks | success | 95% CI | pass@{k} | pass^{k} | turns | tool calls "
-        "| invalid calls | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *results_rows(results, ("agent", "split"), with_pass_at_k=True),
     ]
-    for agent, by_split in results.items():
-        for split, m in by_split.items():
-            low, high = m.success_ci95
-            lines.append(
-                f"| {agent} | {split} | {m.tasks} | {m.success_rate:.1%} | "
-                f"[{low:.1%}, {high:.1%}] | {m.pass_at_k:.1%} | {m.pass_hat_k:.1%} | "
-                f"{m.avg_turns:.1f} | {m.avg_tool_calls:.1f} | "
-                f"{m.avg_invalid_tool_calls:.1f} | {m.errors} |"
-            )
     lines += ["", "Success by task family:", "", *family_table(results, "agent", "split")]
     lines += [
         "",
@@ -49,6 +37,25 @@ def render_run_report(report: dict[str, Any], results: Results) -> str:
     ]
     lines += ["", "![success](success.png)", ""]
     return "\n".join(lines)
+
+
+def results_rows(results: Results, names: tuple[str, str], with_pass_at_k: bool) -> list[str]:
+    """A Markdown table: one row per agent and place, success with its 95% CI."""
+    k = next((m.k for by in results.values() for m in by.values()), 1)
+    passes = ([f"pass@{k}"] if with_pass_at_k else []) + [f"pass^{k}"]
+    columns = [*names, "tasks", "success", "95% CI", *passes, "turns", "tool calls"]
+    columns += ["invalid calls", "errors"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for agent, by_place in results.items():
+        for place, m in by_place.items():
+            low, high = m.success_ci95
+            rates = ([m.pass_at_k] if with_pass_at_k else []) + [m.pass_hat_k]
+            cells = [agent, place, str(m.tasks), f"{m.success_rate:.1%}"]
+            cells += [f"[{low:.1%}, {high:.1%}]", *(f"{r:.1%}" for r in rates)]
+            cells += [f"{m.avg_turns:.1f}", f"{m.avg_tool_calls:.1f}"]
+            cells += [f"{m.avg_invalid_tool_calls:.1f}", str(m.errors)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def family_table(results: Results, who: str, where: str) -> list[str]:
@@ -144,7 +151,6 @@ def data_statistics(sft: SFTConfig, generated: Path, tokenizer_path: str) -> dic
 
 def render_compare_report(report: dict[str, Any], results: Results) -> str:
     """The comparison as Markdown: results per student and place, then data per source."""
-    k = report["k"]
     lines = [
         f"# trajgym compare: {report['env']}",
         "",
@@ -160,18 +166,8 @@ def render_compare_report(report: dict[str, Any], results: Results) -> str:
         )
         + ".",
         "",
-        f"| student | where | tasks | success | 95% CI | pass^{k} | turns | tool calls | "
-        "invalid calls | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *results_rows(results, ("student", "where"), with_pass_at_k=False),
     ]
-    for agent, by_place in results.items():
-        for place, m in by_place.items():
-            low, high = m.success_ci95
-            lines.append(
-                f"| {agent} | {place} | {m.tasks} | {m.success_rate:.1%} | "
-                f"[{low:.1%}, {high:.1%}] | {m.pass_hat_k:.1%} | {m.avg_turns:.1f} | "
-                f"{m.avg_tool_calls:.1f} | {m.avg_invalid_tool_calls:.1f} | {m.errors} |"
-            )
     lines += [
         "",
         "Training data per source (turns and tool calls are those carrying loss):",
