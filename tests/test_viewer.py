@@ -19,8 +19,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from trajgym.cli import view as cli_view
 from trajgym.agents.expert import ScriptedExpert
+from trajgym.cli import view as cli_view
 from trajgym.envs import make
 from trajgym.records.schema import (
     Finding,
