@@ -18,14 +18,10 @@ from trajgym.records.schema import Trajectory
 from trajgym.records.store import read_trajectories
 from trajgym.rollouts.config import GenerateConfig
 from trajgym.rollouts.generate import generate
+from trajgym.train.grpo import Episode, RewardWeights, episode_reward, group_advantages, policy_loss
 from trajgym.train.masks import generated_sequences, tokenize_with_masks
 from trajgym.train.rl import (
-    Episode,
-    RewardWeights,
     RLConfig,
-    episode_reward,
-    group_advantages,
-    policy_loss,
     run_rollouts,
     step_jobs,
     task_pool,

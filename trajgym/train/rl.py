@@ -11,24 +11,21 @@ checkpoints (resumable) and curves. Runs on a CPU as is.
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import shutil
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trajgym.agents.batching import Batcher
 from trajgym.agents.remote import RemoteBatcher, ServerConfig
-from trajgym.agents.replies import Generated, ReplySource
+from trajgym.agents.replies import ReplySource
 from trajgym.agents.student import StudentAgent, StudentConfig
 from trajgym.config import save_config
 from trajgym.envs import make, tasks_of
@@ -44,22 +41,15 @@ from trajgym.train.common import (
     save_checkpoint,
     trained_model,
 )
-from trajgym.train.evaluate import invalid_tool_calls, tool_calls
+from trajgym.train.grpo import (
+    Episode,
+    RewardWeights,
+    episode_reward,
+    group_advantages,
+    policy_loss,
+    reference_logits,
+)
 from trajgym.train.masks import Sampled, generated_sequences
-
-
-class RewardWeights(BaseModel):
-    """How an episode's reward is made up (weights of each part)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    success: float = Field(1.0, description="The environment's verified reward (0 or 1).")
-    valid_tool_calls: float = Field(
-        0.0, description="Share of the episode's tool calls the toolkit could run (0 if none)."
-    )
-    brevity: float = Field(
-        0.0, description="Minus the mean reply length as a share of max_new_tokens."
-    )
 
 
 class RLSettings(ModelTraining):
@@ -116,15 +106,6 @@ class RLSummary(TypedDict):
 
 
 # Rollouts -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One rollout: the recorded trajectory and the student's generations, turn by turn."""
-
-    group: int
-    trajectory: Trajectory
-    turns: tuple[Generated, ...]
 
 
 Job = tuple[int, str, str, int]  # group, env id, task id, episode seed
@@ -197,108 +178,6 @@ def step_jobs(
     ]
 
 
-# Rewards and advantages ---------------------------------------------------------------------
-
-
-def episode_reward(episode: Episode, weights: RewardWeights, max_new_tokens: int) -> float:
-    """The weighted sum of the episode's verified success and any shaping."""
-    t = episode.trajectory
-    reward = weights.success * (t.reward or 0.0)
-    if weights.valid_tool_calls:
-        calls = tool_calls(t)
-        reward += weights.valid_tool_calls * (
-            (calls - invalid_tool_calls(t)) / calls if calls else 0.0
-        )
-    if weights.brevity and episode.turns:
-        mean_length = statistics.fmean(len(g.token_ids) for g in episode.turns)
-        reward -= weights.brevity * mean_length / max_new_tokens
-    return reward
-
-
-def group_advantages(groups: Sequence[int], rewards: Sequence[float], scale: bool) -> list[float]:
-    """Each reward minus its group's mean (divided by the group's std when ``scale``).
-
-    A group whose episodes all scored the same teaches nothing: its advantages are 0.
-    """
-    by_group: dict[int, list[float]] = {}
-    for g, r in zip(groups, rewards, strict=True):
-        by_group.setdefault(g, []).append(r)
-    stats = {g: (statistics.fmean(rs), statistics.pstdev(rs)) for g, rs in by_group.items()}
-    advantages = []
-    for g, r in zip(groups, rewards, strict=True):
-        mean, std = stats[g]
-        advantages.append((r - mean) / (std + 1e-4) if scale else r - mean)
-    return advantages
-
-
-# Loss ---------------------------------------------------------------------------------------
-
-
-def policy_loss(
-    model: Any,
-    batch: Sequence[tuple[Sampled, float]],
-    config: RLConfig,
-    reference: Callable[[dict[str, Any]], Any] | None,
-    token_count: int,
-) -> tuple[Any, dict[str, float]]:
-    """Clipped policy-gradient loss over the model's own tokens of ``batch``.
-
-    Summed over the batch's tokens and divided by ``token_count`` (the tokens of the whole
-    step), so that micro-batches add up to a token-level mean. The vocabulary projection runs
-    only where a sampled token is predicted.
-    """
-    import torch
-
-    inputs = _pad(batch, model)
-    targets = inputs["input_ids"][:, 1:]
-    mask = inputs["mask"][:, 1:].bool()
-    keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
-    keep[:, :-1] = mask
-    forward = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    logits = model(**forward, logits_to_keep=keep).logits.float() / config.temperature
-    logp = torch.log_softmax(logits, -1).gather(-1, targets[mask][:, None]).squeeze(-1)
-    old = inputs["old"][:, 1:][mask]
-    advantage = inputs["advantage"][:, None].expand_as(mask)[mask]
-    ratio = torch.exp(logp - old)
-    clipped = torch.clamp(ratio, 1 - config.clip_eps, 1 + config.clip_eps)
-    per_token = -torch.minimum(ratio * advantage, clipped * advantage)
-    kl = torch.zeros_like(per_token)
-    if reference is not None:
-        with torch.no_grad():
-            ref_logits = reference(forward | {"logits_to_keep": keep}).float() / config.temperature
-            ref = torch.log_softmax(ref_logits, -1).gather(-1, targets[mask][:, None]).squeeze(-1)
-        kl = torch.exp(ref - logp) - (ref - logp) - 1  # k3: unbiased, always >= 0
-        per_token = per_token + config.kl_coef * kl
-    loss = per_token.sum() / token_count
-    stats = {
-        "kl": float(kl.detach().sum()),
-        "clipped": float(((ratio - clipped).abs() > 1e-6).sum()),
-    }
-    return loss, stats
-
-
-def _pad(batch: Sequence[tuple[Sampled, float]], model: Any) -> dict[str, Any]:
-    import torch
-
-    width = max(len(s.input_ids) for s, _ in batch)
-    rows = len(batch)
-    out = {
-        "input_ids": torch.zeros((rows, width), dtype=torch.long),
-        "attention_mask": torch.zeros((rows, width), dtype=torch.long),
-        "mask": torch.zeros((rows, width), dtype=torch.long),
-        "old": torch.zeros((rows, width)),
-        "advantage": torch.tensor([a for _, a in batch], dtype=torch.float),
-    }
-    for i, (s, _) in enumerate(batch):
-        n = len(s.input_ids)
-        out["input_ids"][i, :n] = torch.tensor(s.input_ids)
-        out["attention_mask"][i, :n] = 1
-        out["mask"][i, :n] = torch.tensor(s.assistant_mask)
-        out["old"][i, :n] = torch.tensor(s.old_logprobs)
-    device = next(model.parameters()).device
-    return {k: v.to(device) for k, v in out.items()}
-
-
 # Training -----------------------------------------------------------------------------------
 
 
@@ -318,7 +197,7 @@ def train(
     save_config(config, out / "config.yaml")
     accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
     model, tokenizer = prepare_model(config, str(accelerator.device))
-    reference = _reference(model, config) if config.kl_coef else None
+    reference = reference_logits(model) if config.kl_coef else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -459,21 +338,6 @@ def _sync(server: RemoteBatcher, accelerator: Any, model: Any, out: Path, step: 
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     server.served = name
-
-
-def _reference(model: Any, config: RLConfig) -> Callable[[dict[str, Any]], Any]:
-    """The frozen policy the KL is measured against: the adapter switched off, or a copy."""
-    if hasattr(model, "disable_adapter"):
-
-        def with_adapter_off(inputs: dict[str, Any]) -> Any:
-            with model.disable_adapter():
-                return model(**inputs).logits
-
-        return with_adapter_off
-    frozen = copy.deepcopy(model).eval()
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    return lambda inputs: frozen(**inputs).logits
 
 
 def _gather_metrics(
