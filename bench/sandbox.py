@@ -2,7 +2,8 @@
 for each backend available (process; Docker where an engine runs), beside a plain
 ``subprocess.run`` of the same command, measured in one run.
 
-Target: exec <= 1.5x a bare ``subprocess.run`` of the same command.
+Target: exec <= 1.5x a bare ``subprocess.run`` of the same command. Both ratios (acquire and
+exec over ``subprocess.run``) are printed so that a change can be compared with its baseline.
 
 Run: python bench/sandbox.py [--n 200]
 """
@@ -67,6 +68,8 @@ def main() -> None:
     for name, samples in rows:
         p50, p99 = percentiles(samples)
         print(f"{name:24s} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
+    acquire_ratio = statistics.median(acquire) / statistics.median(bare)
+    print(f"acquire+close / subprocess.run (p50): {acquire_ratio:.2f}x")
     ratio = statistics.median(execs) / statistics.median(bare)
     print(
         f"exec / subprocess.run (p50): {ratio:.2f}x (target <= 1.5x: "

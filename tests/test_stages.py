@@ -26,7 +26,9 @@ def test_an_adapter_start_without_lora_is_trained_and_loaded_as_an_adapter(tmp_p
     sft = cfg.sft_config().trained()
     assert sft == TrainedModel(student=cfg.sft.model, adapter=str(tmp_path / "sft" / "adapter"))
     rl = cfg.rl_config()
-    assert rl is not None and rl.model == cfg.sft.model and rl.adapter == tmp_path / "sft" / "adapter"
+    assert (
+        rl is not None and rl.model == cfg.sft.model and rl.adapter == tmp_path / "sft" / "adapter"
+    )
     assert rl.trained().adapter == str(tmp_path / "rl" / "adapter")
     agents = _agents(cfg, cfg.sft.model, sft, rl.trained())
     assert agents["sft student"].adapter == str(tmp_path / "sft" / "adapter")

@@ -68,11 +68,7 @@ def unconfirmed_writes(messages: Sequence[Message], writes: Sequence[tuple[int, 
         consent = next(
             (i for i in range(index - 1, -1, -1) if messages[i].role == "user"), first_user
         )
-        if (
-            consent <= first_user
-            or consent < previous_write
-            or not affirms(messages[consent].text)
-        ):
+        if consent <= first_user or consent < previous_write or not affirms(messages[consent].text):
             violations.append(f"'{name}' was called without the user's explicit confirmation")
         previous_write = index
     return violations

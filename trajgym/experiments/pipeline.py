@@ -120,11 +120,14 @@ def run(config: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
         rl_summary = train_once(rl.output_dir, lambda: _train_rl(rl))
         timings["rl_s"] = time.perf_counter() - started
 
-    places = [Place(env=config.env, split=s, label=s, num_tasks=config.eval.num_tasks)
-              for s in config.eval.splits]
+    places = [
+        Place(env=config.env, split=s, label=s, num_tasks=config.eval.num_tasks)
+        for s in config.eval.splits
+    ]
     agents = _agents(config, sft.model, sft.trained(), rl.trained() if rl else None)
-    results = evaluate(agents, places, config.eval, out / "eval", config.seed, show_progress,
-                       timings)
+    results = evaluate(
+        agents, places, config.eval, out / "eval", config.seed, show_progress, timings
+    )
     report = {
         "env": config.env,
         "k": config.eval.k,

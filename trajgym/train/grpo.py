@@ -42,7 +42,6 @@ class RewardWeights(BaseModel):
     )
 
 
-
 @dataclass(frozen=True)
 class Episode:
     """One rollout: the recorded trajectory and the student's generations, turn by turn."""
@@ -50,7 +49,6 @@ class Episode:
     group: int
     trajectory: Trajectory
     turns: tuple[Generated, ...]
-
 
 
 def episode_reward(episode: Episode, weights: RewardWeights, max_new_tokens: int) -> float:
@@ -149,8 +147,6 @@ def _pad(batch: Sequence[tuple[Sampled, float]], model: Any) -> dict[str, Any]:
     return {k: v.to(device) for k, v in out.items()}
 
 
-
-
 def reference_logits(model: Any) -> Callable[[dict[str, Any]], Any]:
     """The frozen policy the KL is measured against: the adapter switched off, or a copy."""
     if hasattr(model, "disable_adapter"):
@@ -164,5 +160,3 @@ def reference_logits(model: Any) -> Callable[[dict[str, Any]], Any]:
     for p in frozen.parameters():
         p.requires_grad_(False)
     return lambda inputs: frozen(**inputs).logits
-
-

@@ -181,9 +181,7 @@ def step_jobs(
 # Training -----------------------------------------------------------------------------------
 
 
-def train(
-    config: RLConfig, extra_reward: Callable[[Trajectory], float] | None = None
-) -> RLSummary:
+def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None = None) -> RLSummary:
     """Run (or resume) GRPO; returns a summary (also written to output_dir/summary.json).
 
     ``extra_reward`` adds any score of a trajectory (a judge's, say) to the configured ones.

@@ -7,8 +7,9 @@ from importlib import resources
 from typing import Any, ClassVar
 
 from trajgym.envs.base import ToolEnv
+from trajgym.envs.retail.state import RetailState
 from trajgym.envs.retail.tasks import ENV_ID, make_tasks
-from trajgym.envs.retail.tools import RETAIL_TOOLKIT, RetailState
+from trajgym.envs.retail.tools import RETAIL_TOOLKIT
 from trajgym.envs.retail.world import make_world
 from trajgym.records.schema import Split, StateChange, Task
 from trajgym.tools import Toolkit

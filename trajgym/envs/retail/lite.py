@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 
 from trajgym.envs.retail import RetailEnv
 from trajgym.envs.retail import tools as retail
+from trajgym.envs.retail.state import RetailState
 from trajgym.envs.retail.tasks import Suite, make_tasks
-from trajgym.envs.retail.tools import RetailState
 from trajgym.envs.retail.world import Order
 from trajgym.records.schema import Split, Task
 from trajgym.tools import Toolkit, tool

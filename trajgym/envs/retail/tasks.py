@@ -17,7 +17,8 @@ from importlib import resources
 import yaml
 
 from trajgym.envs.goals import gold_replays, requests_in_prose
-from trajgym.envs.retail.tools import RETAIL_TOOLKIT, RetailState
+from trajgym.envs.retail.state import RetailState
+from trajgym.envs.retail.tools import RETAIL_TOOLKIT
 from trajgym.envs.retail.world import Customer, Order, World, make_world, random_address
 from trajgym.records.schema import Action, Intent, Split, Task, UserGoal
 

@@ -5,8 +5,9 @@ process, as an unprivileged uid, with no network by default, a read-only root fi
 the workspace bound at ``/workspace`` and a size-limited ``/tmp``, memory / pids / CPU
 limits, all capabilities dropped and ``no-new-privileges``. Commands go to the executor over
 the container's attached stdin and come back as JSON lines, as in the process sandbox.
-Containers carry a label with the creating process's pid: they are removed on close, and
-those of a crashed process are swept away by the next one. A :class:`DockerPool` keeps
+Containers carry a label naming the creating process (pid and start time): they are removed
+on close or, for a sandbox dropped unclosed, by its finalizer; those of a crashed or killed
+process are swept away by the next one. A :class:`DockerPool` keeps
 started containers ready so that acquiring one is fast.
 """
 
@@ -20,9 +21,11 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
+from trajgym.tools.sandbox import orphans
 from trajgym.tools.sandbox.base import ExecResult, ExecutorSandbox, SandboxLimits
 
 DEFAULT_IMAGE = os.environ.get("TRAJGYM_SANDBOX_IMAGE", "trajgym-sandbox:bookworm")
@@ -45,6 +48,27 @@ def docker_available(image: str = DEFAULT_IMAGE) -> str | None:
     return None
 
 
+class _Held:
+    """The container and workspace of one sandbox, released once (by close or a finalizer)."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self.container: Any = None
+        self.socket: Any = None
+
+    def remove_container(self) -> None:
+        if self.container is not None:
+            with contextlib.suppress(Exception):
+                self.socket.close()
+            with contextlib.suppress(Exception):
+                self.container.remove(force=True)
+            self.container = None
+
+    def release(self) -> None:
+        self.remove_container()
+        shutil.rmtree(self.workspace, ignore_errors=True)
+
+
 class DockerSandbox(ExecutorSandbox):
     """A container for one episode (see the module docstring)."""
 
@@ -60,12 +84,14 @@ class DockerSandbox(ExecutorSandbox):
         self.limits = limits or SandboxLimits()
         self.client = client or docker.from_env()
         _sweep_orphans(self.client)
-        self.workspace = Path(tempfile.mkdtemp(prefix="trajgym-ws-"))
+        orphans.sweep_once()
+        self.workspace = Path(tempfile.mkdtemp(prefix=orphans.workspace_prefix()))
+        self._held = _Held(self.workspace)
+        self._release = weakref.finalize(self, self._held.release)
         if os.geteuid() == 0:
             os.chown(self.workspace, _UID, _UID)
             self.owner_uid = _UID
         self.image, self.network = image, network
-        self.container: Any = None
         self._buffer = b""
         try:
             self._start()
@@ -78,7 +104,7 @@ class DockerSandbox(ExecutorSandbox):
 
         lim, image = self.limits, self.image
         # Created, attached, then started: attaching after the start could miss "ready".
-        self.container = self.client.containers.create(
+        self._held.container = self.client.containers.create(
             image,
             ["python3", "-I", "-S", "/run/trajgym-executor.py"],
             stdin_open=True,
@@ -105,13 +131,19 @@ class DockerSandbox(ExecutorSandbox):
                 docker.types.Ulimit(name="nofile", soft=lim.open_files, hard=lim.open_files),
             ],
             environment={"HOME": "/workspace", "PATH": "/usr/local/bin:/usr/bin:/bin"},
-            labels={LABEL: str(os.getpid())},
+            labels={LABEL: orphans.owner_tag()},
         )
-        self._socket = self.container.attach_socket(params={"stdin": 1, "stdout": 1, "stream": 1})
-        self._raw = self._socket._sock
+        socket = self.container.attach_socket(params={"stdin": 1, "stdout": 1, "stream": 1})
+        self._held.socket = socket
+        self._raw = socket._sock
         self.container.start()
         self._buffer = b""
         self._await_ready(15.0)
+
+    @property
+    def container(self) -> Any:
+        """The running container (None once closed)."""
+        return self._held.container
 
     def exec(
         self, command: str | list[str], stdin: str = "", timeout_s: float | None = None
@@ -126,22 +158,13 @@ class DockerSandbox(ExecutorSandbox):
         if self.closed:
             return
         self.closed = True
-        self._remove_container()
-        shutil.rmtree(self.workspace, ignore_errors=True)
-
-    def _remove_container(self) -> None:
-        if self.container is not None:
-            with contextlib.suppress(Exception):
-                self._socket.close()
-            with contextlib.suppress(Exception):
-                self.container.remove(force=True)
-            self.container = None
+        self._release()
 
     def _send(self, data: bytes) -> None:
         self._raw.sendall(data)
 
     def _restart_executor(self) -> None:
-        self._remove_container()  # a fresh container on the same workspace
+        self._held.remove_container()  # a fresh container on the same workspace
         self._start()
 
     def _read_line(self, timeout: float) -> bytes | None:
@@ -218,8 +241,6 @@ def _sweep_orphans(client: Any) -> None:
         return
     _swept = True
     for container in client.containers.list(all=True, filters={"label": LABEL}):
-        owner = int(container.labels.get(LABEL, "0") or 0)
-        alive = owner > 0 and Path(f"/proc/{owner}").exists()
-        if not alive:
+        if not orphans.owner_alive(container.labels.get(LABEL, "")):
             with contextlib.suppress(Exception):
                 container.remove(force=True)

@@ -16,7 +16,6 @@ logged when a sandbox starts, and the sandbox refuses to start unless
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import itertools
@@ -32,25 +31,47 @@ import time
 import weakref
 from pathlib import Path
 
+from trajgym.tools.sandbox import orphans
 from trajgym.tools.sandbox.base import ExecResult, ExecutorSandbox, SandboxError, SandboxLimits
 from trajgym.tools.sandbox.executor import head
 
 log = logging.getLogger(__name__)
 # Each sandbox runs as its own unprivileged uid: the process limit counts per uid, so that
 # sandboxes sharing one uid would share (and could exhaust) one budget.
-_UIDS = itertools.cycle(range(200_000, 260_000))
+_UIDS = itertools.cycle(orphans.SANDBOX_UIDS)
 _UID_LOCK = threading.Lock()
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _EXECUTOR = Path(__file__).with_name("executor.py")
-# Sandboxes nobody closed (an env dropped mid-episode) are closed at exit, so that no
-# workspace mount or folder outlives the process.
-_OPEN: weakref.WeakSet[ProcessSandbox] = weakref.WeakSet()
 
 
-@atexit.register
-def _close_forgotten() -> None:
-    for sandbox in list(_OPEN):
-        sandbox.close()
+class _Held:
+    """What a sandbox holds outside this process's memory, released exactly once.
+
+    It is apart from the sandbox so that a finalizer can release it when the sandbox is
+    garbage-collected unclosed (an env dropped mid-episode, gymnasium's ``check_env``) or
+    still open at exit; the finalizer must not refer to the sandbox itself.
+    """
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self.mounted = False
+        self.executor: subprocess.Popen[bytes] | None = None
+
+    def stop_executor(self) -> None:
+        if self.executor is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.executor.pid, signal.SIGKILL)
+            self.executor.wait()
+            for pipe in (self.executor.stdin, self.executor.stdout):
+                if pipe is not None:
+                    pipe.close()
+            self.executor = None
+
+    def release(self) -> None:
+        self.stop_executor()
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.workspace)], capture_output=True, check=False)
+        shutil.rmtree(self.workspace, ignore_errors=True)
 
 
 @functools.cache
@@ -97,8 +118,10 @@ class ProcessSandbox(ExecutorSandbox):
             self.uid = next(_UIDS) if self._root_user else os.geteuid()
         self.owner_uid = self.uid if self._root_user else None
         self._bwrap = shutil.which("bwrap")
-        self.workspace = Path(tempfile.mkdtemp(prefix="trajgym-ws-"))
-        self._mounted = False
+        orphans.sweep_once()
+        self.workspace = Path(tempfile.mkdtemp(prefix=orphans.workspace_prefix()))
+        self._held = _Held(self.workspace)
+        self._release = weakref.finalize(self, self._held.release)
         if self._root_user and self.isolation["workspace size limit (tmpfs, needs root)"]:
             options = f"size={self.limits.disk_mb}m,mode=0755,uid={self.uid},gid={self.uid}"
             mounted = subprocess.run(
@@ -106,12 +129,10 @@ class ProcessSandbox(ExecutorSandbox):
                 capture_output=True,
                 check=False,
             )
-            self._mounted = mounted.returncode == 0
-        if self._root_user and not self._mounted:
+            self._held.mounted = mounted.returncode == 0
+        if self._root_user and not self._held.mounted:
             os.chown(self.workspace, self.uid, self.uid)
-        _OPEN.add(self)
         self.warm = warm and self._strong
-        self._executor: subprocess.Popen[bytes] | None = None
         self._buffer = b""
         if self.warm:
             try:
@@ -139,7 +160,7 @@ class ProcessSandbox(ExecutorSandbox):
                 stdin=subprocess.PIPE,
                 stdout=out,
                 stderr=err,
-                env={"PATH": _PATH},
+                env=_environment(),
                 start_new_session=True,  # one process group to kill on timeout
             )
             timed_out = False
@@ -165,21 +186,18 @@ class ProcessSandbox(ExecutorSandbox):
         if self.closed:
             return
         self.closed = True
-        self._stop_executor()
-        if self._mounted:
-            subprocess.run(["umount", "-l", str(self.workspace)], capture_output=True, check=False)
-        shutil.rmtree(self.workspace, ignore_errors=True)
+        self._release()
 
     # The warm executor ----------------------------------------------------------------------
 
     def _start_executor(self) -> None:
         argv = self._argv(["/usr/bin/python3", "-I", "-S", "/run/trajgym-executor.py"], True)
-        self._executor = subprocess.Popen(
+        self._held.executor = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env={"PATH": _PATH},
+            env=_environment(),
             start_new_session=True,
             bufsize=0,
         )
@@ -191,18 +209,12 @@ class ProcessSandbox(ExecutorSandbox):
             raise
 
     def _stop_executor(self) -> None:
-        if self._executor is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._executor.pid, signal.SIGKILL)
-            self._executor.wait()
-            for pipe in (self._executor.stdin, self._executor.stdout):
-                if pipe is not None:
-                    pipe.close()
-            self._executor = None
+        self._held.stop_executor()
 
     def _send(self, data: bytes) -> None:
-        assert self._executor is not None and self._executor.stdin is not None
-        self._executor.stdin.write(data)
+        executor = self._held.executor
+        assert executor is not None and executor.stdin is not None
+        executor.stdin.write(data)
 
     def _restart_executor(self) -> None:
         self._stop_executor()
@@ -210,8 +222,9 @@ class ProcessSandbox(ExecutorSandbox):
 
     def _read_line(self, timeout: float) -> bytes | None:
         """One line from the executor, or None on EOF or timeout."""
-        assert self._executor is not None and self._executor.stdout is not None
-        fd = self._executor.stdout.fileno()
+        executor = self._held.executor
+        assert executor is not None and executor.stdout is not None
+        fd = executor.stdout.fileno()
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
@@ -264,6 +277,11 @@ class ProcessSandbox(ExecutorSandbox):
             "--inh-caps=-all",
             "--",
         ]
+
+
+def _environment() -> dict[str, str]:
+    """What a sandbox's processes start with (bubblewrap clears it for the command)."""
+    return {"PATH": _PATH, orphans.OWNER_ENV: orphans.owner_tag()}
 
 
 def _bwrap_argv(bwrap: str, workspace: Path, root: bool, tmp_mb: int = 64) -> list[str]:
