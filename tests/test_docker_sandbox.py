@@ -81,3 +81,53 @@ def test_a_warm_pool_hands_out_started_sandboxes_quickly() -> None:
         assert waited < 0.1
     finally:
         pool.close()
+
+
+def test_a_dropped_sandbox_removes_its_container() -> None:
+    import gc
+
+    box = DockerSandbox(LIMITS)
+    name, client, workspace = box.container.name, box.client, box.workspace
+    del box
+    gc.collect()
+    assert name not in [c.name for c in client.containers.list(all=True)]
+    assert not workspace.exists()
+
+
+def test_the_container_of_a_sigkilled_owner_is_swept() -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import trajgym.tools.sandbox.docker as module
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import json, time\n"
+            "from trajgym.tools.sandbox.docker import DockerSandbox\n"
+            "box = DockerSandbox()\n"
+            "print(json.dumps([box.container.name, str(box.workspace)]), flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    name, workspace = json.loads(child.stdout.readline())
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(30)
+    module._swept = True  # the first sandbox here must not sweep yet: we look at the leak
+    with DockerSandbox(LIMITS) as box:
+        assert name in [c.name for c in box.client.containers.list(all=True)]  # the leak
+        module._swept = False
+        with DockerSandbox(LIMITS):
+            pass
+        assert name not in [c.name for c in box.client.containers.list(all=True)]
+    from trajgym.tools.sandbox import orphans
+
+    orphans.sweep()
+    assert not os.path.exists(workspace)
