@@ -70,20 +70,10 @@ class SessionGenerator:
         ]
         starts = [self._reusable(key, ids) for (key, _), ids in zip(requests, prompts, strict=True)]
         reuse = [n for _, n in starts]
-        past_w = max(reuse)
-        new_w = max(len(ids) - r for ids, r in zip(prompts, reuse, strict=True))
-        rows = len(requests)
-        device = self.model.device
+        rows, device = len(requests), self.model.device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((rows, new_w), pad, dtype=torch.long)
-        positions = torch.zeros((rows, new_w), dtype=torch.long)
-        attention = torch.zeros((rows, past_w + new_w), dtype=torch.long)
-        for i, (ids, r) in enumerate(zip(prompts, reuse, strict=True)):
-            n = len(ids) - r
-            input_ids[i, new_w - n :] = torch.tensor(ids[r:])
-            positions[i, new_w - n :] = torch.arange(r, len(ids))
-            attention[i, past_w - r : past_w] = 1
-            attention[i, past_w + new_w - n :] = 1
+        input_ids, positions, attention = _padded_inputs(prompts, reuse, pad)
+        past_w, new_w = max(reuse), input_ids.shape[1]
         self.reused_tokens += sum(reuse)
         self.computed_tokens += sum(len(ids) - r for ids, r in zip(prompts, reuse, strict=True))
         cache = self._padded_cache(starts, past_w)
@@ -213,3 +203,22 @@ def _pick(logits: Any, temperature: float, top_p: float, generator: Any) -> Any:
         sorted_p[outside] = 0
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _padded_inputs(prompts: list[list[int]], reuse: list[int], pad: int) -> tuple[Any, Any, Any]:
+    """New tokens left-padded to the longest, their positions, and the mask over past + new."""
+    import torch
+
+    past_w = max(reuse)
+    new_w = max(len(ids) - r for ids, r in zip(prompts, reuse, strict=True))
+    rows = len(prompts)
+    input_ids = torch.full((rows, new_w), pad, dtype=torch.long)
+    positions = torch.zeros((rows, new_w), dtype=torch.long)
+    attention = torch.zeros((rows, past_w + new_w), dtype=torch.long)
+    for i, (ids, r) in enumerate(zip(prompts, reuse, strict=True)):
+        n = len(ids) - r
+        input_ids[i, new_w - n :] = torch.tensor(ids[r:])
+        positions[i, new_w - n :] = torch.arange(r, len(ids))
+        attention[i, past_w - r : past_w] = 1
+        attention[i, past_w + new_w - n :] = 1
+    return input_ids, positions, attention

@@ -17,26 +17,14 @@ if TYPE_CHECKING:
 
 # Bump -vN when tools, tasks or reward change, so recorded trajectories stay comparable.
 # Retail v1: a required fact only counts when said after the tools showed it (v0 took guesses).
-gymnasium.register(
-    id="trajgym/Retail-v1",
-    entry_point="trajgym.envs.retail:RetailEnv",
-    max_episode_steps=60,
+_DOMAINS = (  # id, entry point, episode step limit
+    ("trajgym/Retail-v1", "trajgym.envs.retail:RetailEnv", 60),
+    ("trajgym/Workspace-v0", "trajgym.envs.workspace:WorkspaceEnv", 40),
+    ("trajgym/RetailLite-v0", "trajgym.envs.retail.lite:RetailLiteEnv", 30),
+    ("trajgym/Airline-v0", "trajgym.envs.airline:AirlineEnv", 60),
 )
-gymnasium.register(
-    id="trajgym/Workspace-v0",
-    entry_point="trajgym.envs.workspace:WorkspaceEnv",
-    max_episode_steps=40,
-)
-gymnasium.register(
-    id="trajgym/RetailLite-v0",
-    entry_point="trajgym.envs.retail.lite:RetailLiteEnv",
-    max_episode_steps=30,
-)
-gymnasium.register(
-    id="trajgym/Airline-v0",
-    entry_point="trajgym.envs.airline:AirlineEnv",
-    max_episode_steps=60,
-)
+for _id, _entry_point, _steps in _DOMAINS:
+    gymnasium.register(id=_id, entry_point=_entry_point, max_episode_steps=_steps)
 
 
 def env_ids() -> list[str]:

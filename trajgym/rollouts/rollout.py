@@ -44,15 +44,7 @@ def rollout(
         task = base.task_by_id(task_id) if task_id else None
         return _failed_start(base, agent, seed, sample_index, task_id, task, f"user: {e}")
     messages: list[Message] = [Message(role="system", content=info["system_prompt"]), *obs.messages]
-    agent.reset(
-        EpisodeContext(
-            task=info["task"],
-            system_prompt=info["system_prompt"],
-            tools=tuple(info["tools"]),
-            confirm_tools=tuple(n for n, t in base.toolkit.tools.items() if t.writes),
-            seed=seed,
-        )
-    )
+    agent.reset(_episode_context(base, info, seed))
     timings: list[StepTiming] = []
     termination: Termination = "truncated"
     verdict: Verdict | None = None
@@ -60,9 +52,7 @@ def rollout(
     while True:
         started = time.perf_counter()
         try:
-            action = agent.act(tuple(messages))
-            if not isinstance(action, Message) or action.role != "assistant":
-                raise TypeError(f"agent returned {type(action).__name__}, not an assistant Message")
+            action = _assistant_turn(agent, messages)
         except Exception as e:  # the agent's own failure, recorded rather than raised
             error, termination = f"agent: {type(e).__name__}: {e}", "error"
             break
@@ -103,6 +93,25 @@ def rollout(
         usage=getattr(agent, "usage", Usage()),
         user_usage=getattr(base.user, "usage", Usage()),
     )
+
+
+def _episode_context(base: ToolEnv[Any], info: dict[str, Any], seed: int) -> EpisodeContext:
+    """What the agent is told at reset: the task, the prompt, the tools, which need consent."""
+    return EpisodeContext(
+        task=info["task"],
+        system_prompt=info["system_prompt"],
+        tools=tuple(info["tools"]),
+        confirm_tools=tuple(n for n, t in base.toolkit.tools.items() if t.writes),
+        seed=seed,
+    )
+
+
+def _assistant_turn(agent: Agent, messages: list[Message]) -> Message:
+    """The agent's next message; anything but an assistant message is the agent's failure."""
+    action = agent.act(tuple(messages))
+    if not isinstance(action, Message) or action.role != "assistant":
+        raise TypeError(f"agent returned {type(action).__name__}, not an assistant Message")
+    return action
 
 
 def _failed_start(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trajgym.agents.models import DEFAULT_STUDENT, load_student
 
@@ -55,6 +57,16 @@ def trained_model(config: ModelTraining, output_dir: Path) -> TrainedModel:
     if config.lora or config.adapter is not None:
         return TrainedModel(student=config.model, adapter=str(output_dir / "adapter"))
     return TrainedModel(student=str(output_dir / "model"))
+
+
+class TrainingRun(ModelTraining):
+    """A training run of its own: a stage's settings plus the folder it writes."""
+
+    output_dir: Path = Field(Path("runs/train"), description="Checkpoints, model, curves, config.")
+
+    def trained(self) -> TrainedModel:
+        """Where this run puts its model."""
+        return trained_model(self, self.output_dir)
 
 
 def prepare_model(config: ModelTraining, device: str) -> tuple[Any, Any]:
@@ -116,6 +128,29 @@ def load_checkpoint(out: Path, accelerator: Any, fresh: dict[str, Any]) -> dict[
 
 def _checkpoint_folders(out: Path) -> tuple[Path, Path, Path]:
     return out / "checkpoint", out / "checkpoint.partial", out / "checkpoint.previous"
+
+
+def step_progress(stage: str, field: str, enabled: bool) -> Progress:
+    """A progress bar over optimizer steps that also shows one running figure (``field``)."""
+    return Progress(
+        TextColumn(f"[bold]{stage}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(f"{field} {{task.fields[{field}]}}"),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )
+
+
+def save_final(
+    accelerator: Any, model: Any, tokenizer: Any, out: Path, final: Path, summary: Mapping[str, Any]
+) -> None:
+    """Write the trained model to ``final`` and the run's summary (on the main process only)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(final)
+        tokenizer.save_pretrained(final)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
 def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from pydantic import Field, model_validator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trajgym.agents.batching import Batcher
 from trajgym.agents.remote import RemoteBatcher, ServerConfig
@@ -34,12 +33,13 @@ from trajgym.records.schema import Split, Trajectory
 from trajgym.rollouts.rollout import rollout
 from trajgym.train.common import (
     ModelTraining,
-    TrainedModel,
+    TrainingRun,
     load_checkpoint,
     plot_curves,
     prepare_model,
     save_checkpoint,
-    trained_model,
+    save_final,
+    step_progress,
 )
 from trajgym.train.grpo import (
     Episode,
@@ -85,15 +85,11 @@ class RLSettings(ModelTraining):
         return self
 
 
-class RLConfig(RLSettings):
+class RLConfig(RLSettings, TrainingRun):
     """A GRPO run."""
 
     envs: list[str] = Field(["trajgym/RetailLite-v0"], description="Environments to act in.")
     output_dir: Path = Field(Path("runs/rl"), description="Checkpoints, adapter, curves, config.")
-
-    def trained(self) -> TrainedModel:
-        """Where this run puts its model."""
-        return trained_model(self, self.output_dir)
 
 
 class RLSummary(TypedDict):
@@ -210,14 +206,7 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
         if state["step"]:  # resumed: serve the policy as it was at the checkpoint
             _sync(server, accelerator, model, out, state["step"])
     started = time.perf_counter()
-    progress = Progress(
-        TextColumn("[bold]grpo"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("success {task.fields[success]}"),
-        TimeElapsedColumn(),
-        disable=not accelerator.is_main_process,
-    )
+    progress = step_progress("grpo", "success", accelerator.is_main_process)
     progress.start()
     bar = progress.add_task("steps", total=config.iterations, completed=state["step"], success="-")
     while state["step"] < config.iterations:
@@ -230,19 +219,7 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
         episodes = run_rollouts(policy, tokenizer, jobs, config, server)
         policy.train()
         rollout_s = time.perf_counter() - t0
-        rewards = [episode_reward(e, config.rewards, config.max_new_tokens) for e in episodes]
-        if extra_reward is not None:
-            rewards = [
-                r + extra_reward(e.trajectory) for r, e in zip(rewards, episodes, strict=True)
-            ]
-        usable = [e.trajectory.status == "ok" for e in episodes]  # infra errors teach nothing
-        advantages = group_advantages([e.group for e in episodes], rewards, config.scale_rewards)
-        batch = [
-            (s, a)
-            for e, a, ok in zip(episodes, advantages, usable, strict=True)
-            if ok and a != 0.0
-            for s in generated_sequences(e.turns)
-        ]
+        rewards, batch = _scored(episodes, config, extra_reward)
         stats = _update(model, optimizer, accelerator, batch, config, reference)
         record = _gather_metrics(
             accelerator, episodes, rewards, stats, rollout_s, time.perf_counter() - t0
@@ -261,11 +238,8 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
     if server is not None:
         server.close()
     final = config.trained().folder
-    accelerator.wait_for_everyone()
     history = state["history"]
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(final)
-        tokenizer.save_pretrained(final)
         names = ("reward", "success", "reply_tokens") + (("kl",) if config.kl_coef else ())
         curves = {k: [h[k] for h in history] for k in names}  # KL is measured only when used
         plot_curves(curves, out / "curves.png", "GRPO")
@@ -275,11 +249,32 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
         "history": history,
         "loop_s": round(time.perf_counter() - started, 2),
     }
-    if accelerator.is_main_process:
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    save_final(accelerator, model, tokenizer, out, final, summary)
     del model, optimizer
     accelerator.free_memory()
     return summary
+
+
+def _scored(
+    episodes: list[Episode], config: RLConfig, extra: Callable[[Trajectory], float] | None
+) -> tuple[list[float], list[tuple[Sampled, float]]]:
+    """Each episode's reward, and the sequences to train on with their group advantage.
+
+    Episodes with an infrastructure error teach nothing; those with a zero advantage (a
+    group whose rewards are all equal) carry no gradient.
+    """
+    rewards = [episode_reward(e, config.rewards, config.max_new_tokens) for e in episodes]
+    if extra is not None:
+        rewards = [r + extra(e.trajectory) for r, e in zip(rewards, episodes, strict=True)]
+    usable = [e.trajectory.status == "ok" for e in episodes]
+    advantages = group_advantages([e.group for e in episodes], rewards, config.scale_rewards)
+    batch = [
+        (s, a)
+        for e, a, ok in zip(episodes, advantages, usable, strict=True)
+        if ok and a != 0.0
+        for s in generated_sequences(e.turns)
+    ]
+    return rewards, batch
 
 
 def _update(

@@ -9,7 +9,6 @@ Runs on a CPU as is, and under ``accelerate launch`` on several GPUs or machines
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from pydantic import Field
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trajgym.config import save_config
 from trajgym.errors import ConfigError
@@ -26,12 +24,13 @@ from trajgym.records.schema import Message
 from trajgym.records.store import read_trajectories
 from trajgym.train.common import (
     ModelTraining,
-    TrainedModel,
+    TrainingRun,
     load_checkpoint,
     plot_curves,
     prepare_model,
     save_checkpoint,
-    trained_model,
+    save_final,
+    step_progress,
 )
 from trajgym.train.masks import IGNORE_INDEX, tokenize_with_masks
 
@@ -53,15 +52,11 @@ class SFTSettings(ModelTraining):
     bucket_by_length: bool = Field(True, description="Batch sequences of similar length.")
 
 
-class SFTConfig(SFTSettings):
+class SFTConfig(SFTSettings, TrainingRun):
     """An SFT run."""
 
     data: list[Path] = Field(description="Trajectory JSONL files.")
     output_dir: Path = Field(Path("runs/sft"), description="Checkpoints, adapter, curve, config.")
-
-    def trained(self) -> TrainedModel:
-        """Where this run puts its model."""
-        return trained_model(self, self.output_dir)
 
 
 class SFTSummary(TypedDict):
@@ -182,14 +177,7 @@ def train(config: SFTConfig) -> SFTSummary:
     losses: list[float] = state["losses"]
     step, tokens = state["step"], state["tokens"]
     pad = tokenizer.pad_token_id
-    progress = Progress(
-        TextColumn("[bold]sft"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        disable=not accelerator.is_main_process,
-    )
+    progress = step_progress("sft", "loss", accelerator.is_main_process)
     with progress:
         bar = progress.add_task("steps", total=total, completed=step, loss="-")
         for epoch in itertools.count():  # max_optimizer_steps may ask for more than `epochs`
@@ -222,10 +210,7 @@ def train(config: SFTConfig) -> SFTSummary:
     loop_s = time.perf_counter() - loop_started
     save_checkpoint(out, accelerator, state)
     final = config.trained().folder
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(final)
-        tokenizer.save_pretrained(final)
         plot_curves({"loss (assistant tokens)": losses}, out / "loss.png", "SFT")
     summary: SFTSummary = {
         "steps": step,
@@ -236,8 +221,7 @@ def train(config: SFTConfig) -> SFTSummary:
         "loop_s": round(loop_s, 3),
         "tokens_per_s": round((tokens - tokens_before) / loop_s, 2) if loop_s else None,
     }
-    if accelerator.is_main_process:
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    save_final(accelerator, model, tokenizer, out, final, summary)
     # The accelerator holds the model and optimizer: free them for whatever runs next.
     del model, optimizer, scheduler
     accelerator.free_memory()

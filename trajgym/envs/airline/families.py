@@ -36,6 +36,7 @@ from trajgym.envs.airline.rules import (
     refund_amount,
 )
 from trajgym.envs.airline.world import random_person, shift
+from trajgym.envs.goals import act, phrased_intent
 from trajgym.records.schema import Action, Intent
 
 
@@ -74,19 +75,8 @@ class Draw:
         outputs: tuple[str, ...] = (),
     ) -> Intent:
         """An intent of family ``kind``, opened with one of its templates."""
-        template = self.rng.choice(phrasings()[kind][self.phrasing])
-        return Intent(
-            kind=kind,
-            request=template.format(**slots),
-            slots=slots,
-            actions=tuple(actions),
-            outputs=outputs,
-        )
-
-
-def act(name: str, **arguments: Any) -> Action:
-    """A gold tool call."""
-    return Action(name=name, arguments=arguments)
+        templates = phrasings()[kind][self.phrasing]
+        return phrased_intent(self.rng, templates, kind, slots, actions, outputs)
 
 
 def _flight_checks(r: Reservation) -> list[Action]:

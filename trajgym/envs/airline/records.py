@@ -10,8 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
+from trajgym.envs.desk import Record
 from trajgym.records.schema import Split
 
 Cabin = Literal["basic_economy", "economy", "business"]
@@ -19,12 +18,6 @@ CABINS: tuple[Cabin, ...] = ("basic_economy", "economy", "business")
 Tier = Literal["regular", "silver", "gold"]
 FlightStatus = Literal["scheduled", "on time", "delayed", "cancelled", "flying", "landed"]
 _MONTHS = "January February March April May June July August September October November December"
-
-
-class Record(BaseModel):
-    """Base for world records: frozen so the world can be shared between episodes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 def flight_key(flight_number: str, date: str) -> str:

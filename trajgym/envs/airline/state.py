@@ -18,7 +18,6 @@ from trajgym.envs.airline.records import (
     Flight,
     FlightRef,
     Payment,
-    Record,
     Reservation,
     ReservedFlight,
     User,
@@ -26,34 +25,24 @@ from trajgym.envs.airline.records import (
     flight_key,
 )
 from trajgym.envs.airline.rules import BOOKABLE, DEPARTED
-from trajgym.envs.base import overlay_changes
-from trajgym.envs.store import Store
-from trajgym.records.schema import StateChange
+from trajgym.envs.desk import DeskState
 from trajgym.tools import ToolError
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-class Transfer(Record):
-    """A hand-over to a human agent (the summary is free text and not part of the state)."""
-
-    user_id: str | None
-
-
-class AirlineState:
+class AirlineState(DeskState):
     """One episode's view of the world: copy-on-write tables plus the session."""
 
+    world: World
+
     def __init__(self, world: World) -> None:
-        self.world = world
-        self.bases: dict[str, Mapping[str, BaseModel]] = {
+        tables: dict[str, Mapping[str, BaseModel]] = {
             "users": world.users,
             "reservations": world.reservations,
             "flights": world.flights,
-            "transfers": {},
         }
-        self.store = Store(self.bases)
-        self.authenticated: str | None = None
-        self.transfer_summary: str | None = None
+        super().__init__(world, tables)
 
     def user(self, user_id: str) -> User:
         """The user with ``user_id``, or a tool error."""
@@ -190,11 +179,3 @@ class AirlineState:
         """Store a changed reservation and return it as the tool result."""
         self.store.tables["reservations"].put(reservation.reservation_id, reservation)
         return reservation.model_dump(mode="json")
-
-    def digest(self) -> str:
-        """Canonical hash of the episode's state."""
-        return self.store.digest()
-
-    def changes(self) -> list[StateChange]:
-        """The records this episode changed (the overlay is exactly that)."""
-        return overlay_changes(self.store, self.bases)

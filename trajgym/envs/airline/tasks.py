@@ -9,15 +9,13 @@ fails is never emitted.
 from __future__ import annotations
 
 import functools
-import hashlib
-import random
 
-from trajgym.envs.airline.families import FAMILIES, Draw, act, phrasings
+from trajgym.envs.airline.families import FAMILIES, Draw, phrasings
 from trajgym.envs.airline.records import User
 from trajgym.envs.airline.state import AirlineState
 from trajgym.envs.airline.tools import AIRLINE_TOOLKIT
 from trajgym.envs.airline.world import make_world
-from trajgym.envs.goals import gold_replays, requests_in_prose
+from trajgym.envs.goals import act, drawn_tasks, gold_replays, requests_in_prose
 from trajgym.records.schema import Intent, Split, Task, UserGoal
 
 ENV_ID = "trajgym/Airline-v0"
@@ -102,26 +100,15 @@ def make_tasks(split: Split, world_seed: int = 0) -> tuple[Task, ...]:
     phrasing = "B" if split == "ood" else "A"
     families = IN_DISTRIBUTION + (OOD_FAMILIES if split == "ood" else ())
     users = sorted(u for u, x in world.users.items() if x.split == split)
-    tasks: list[Task] = []
-    seen: set[str] = set()
-    for family in families:
-        for user_id in users:
-            for variant in range(_VARIANTS):
-                key = f"{world.seed}|{family}|{user_id}|{variant}"
-                seed = int(hashlib.sha256(key.encode()).hexdigest()[:12], 16)
-                d = Draw(world, world.users[user_id], random.Random(seed), phrasing)
-                task = _build(d, family, split, len(tasks))
-                if task is None:
-                    continue
-                fingerprint = task.goal.model_dump_json()
-                if fingerprint in seen or not gold_replays(
-                    AIRLINE_TOOLKIT, AirlineState(world), task.gold_actions
-                ):
-                    continue
-                seen.add(fingerprint)
-                tasks.append(task)
-    # Shuffled once, deterministically, so that the first N tasks of a split mix families.
-    random.Random(f"{world_seed}|{split}").shuffle(tasks)
-    return tuple(
-        t.model_copy(update={"id": f"{split}-{t.family}-{n:05d}"}) for n, t in enumerate(tasks)
+    return drawn_tasks(
+        world.seed,
+        split,
+        families,
+        users,
+        _VARIANTS,
+        lambda family, user_id, rng, n: _build(
+            Draw(world, world.users[user_id], rng, phrasing), family, split, n
+        ),
+        keep=lambda t: gold_replays(AIRLINE_TOOLKIT, AirlineState(world), t.gold_actions),
+        fingerprint=lambda t: t.goal.model_dump_json(),
     )

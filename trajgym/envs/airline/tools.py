@@ -16,7 +16,8 @@ from typing import Literal
 
 from trajgym.envs.airline.records import Cabin, FlightRef, Passenger, Reservation
 from trajgym.envs.airline.rules import BAG_FEE, BOOKABLE, INSURANCE_FEE, NOW, is_certificate
-from trajgym.envs.airline.state import AirlineState, Transfer
+from trajgym.envs.airline.state import AirlineState
+from trajgym.envs.desk import transfer_to_human_agents
 from trajgym.tools import ToolError, Toolkit, tool
 
 CancelReason = Literal["change of plan", "airline cancelled flight", "health", "weather", "other"]
@@ -317,18 +318,6 @@ def update_reservation_baggages(
             }
         )
     )
-
-
-@tool(ends_episode=True)
-def transfer_to_human_agents(state: AirlineState, summary: str) -> str:
-    """Hand the conversation to a human agent, for requests the policy does not cover.
-
-    Args:
-        summary: A short summary of the user's issue for the human agent.
-    """
-    state.store.tables["transfers"].put("0", Transfer(user_id=state.authenticated))
-    state.transfer_summary = summary
-    return "Transfer successful."
 
 
 AIRLINE_TOOLKIT: Toolkit[AirlineState] = Toolkit(

@@ -40,12 +40,11 @@ from trajgym.envs.airline.rules import (
     is_certificate,
     nonfree_bags,
 )
-from trajgym.records.schema import Split
+from trajgym.envs.desk import split_of
 
 FIRST_DAY = dt.date(2024, 5, 1)
 DAYS = 28
 _ROUTE_PAIRS = 45  # undirected airport pairs served, each in both directions
-_SPLIT_SHARES: tuple[tuple[Split, float], ...] = (("train", 0.6), ("test", 0.2), ("ood", 0.2))
 _TIERS = {"regular": 5, "silver": 3, "gold": 2}
 _CABIN_WEIGHTS = {"basic_economy": 3, "economy": 5, "business": 2}
 _ID_CHARS = string.ascii_uppercase + string.digits
@@ -201,17 +200,8 @@ def _make_user(rng: random.Random, index: int, total: int, taken: dict[str, User
         membership=tier,
         payment_methods=tuple(methods),
         reservations=(),
-        split=_split_of(index, total),
+        split=split_of(index, total),
     )
-
-
-def _split_of(index: int, total: int) -> Split:
-    cumulative = 0.0
-    for split, share in _SPLIT_SHARES:
-        cumulative += share
-        if index < cumulative * total:
-            return split
-    return "ood"
 
 
 def new_reservation_id(rng: random.Random, taken: dict[str, Any]) -> str:

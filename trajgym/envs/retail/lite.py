@@ -8,7 +8,7 @@ delegate to Retail's, so the state they change and its verification are Retail's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
 from importlib import resources
 from typing import Any, ClassVar, Literal
 
@@ -17,7 +17,6 @@ from trajgym.envs.retail import tools as retail
 from trajgym.envs.retail.state import RetailState
 from trajgym.envs.retail.tasks import Suite, make_tasks
 from trajgym.envs.retail.world import Order
-from trajgym.records.schema import Split, Task
 from trajgym.tools import Toolkit, tool
 
 ENV_ID = "trajgym/RetailLite-v0"
@@ -94,6 +93,4 @@ class RetailLiteEnv(RetailEnv):
         resources.files(__package__).joinpath("policy_lite.md").read_text()
     )
 
-    def split_tasks(self, split: Split) -> Sequence[Task]:
-        """Every task of ``split`` for this world."""
-        return make_tasks(split, self.world_seed, LITE_SUITE)  # split checked by ToolEnv
+    make_tasks = staticmethod(functools.partial(make_tasks, suite=LITE_SUITE))

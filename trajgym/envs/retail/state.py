@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from pydantic import BaseModel
-
-from trajgym.envs.base import overlay_changes
-from trajgym.envs.retail.world import Customer, Order, Record, World
-from trajgym.envs.store import Store
-from trajgym.records.schema import StateChange
+from trajgym.envs.desk import DeskState
+from trajgym.envs.retail.world import Customer, Order, World
 from trajgym.tools import ToolError
 
 
-class Transfer(Record):
-    """A hand-over to a human agent (the summary is free text and not part of the state)."""
-
-    user_id: str | None
-
-
-class RetailState:
+class RetailState(DeskState):
     """One episode's view of the world: copy-on-write tables plus the session."""
 
+    world: World
+
     def __init__(self, world: World) -> None:
-        self.world = world
-        self.bases: dict[str, Mapping[str, BaseModel]] = {
-            "customers": world.customers,
-            "orders": world.orders,
-            "transfers": {},
-        }
-        self.store = Store(self.bases)
-        self.authenticated: str | None = None
-        self.transfer_summary: str | None = None
+        super().__init__(world, {"customers": world.customers, "orders": world.orders})
 
     def customer(self, user_id: str) -> Customer:
         """The customer with ``user_id``, or a tool error."""
@@ -61,11 +43,3 @@ class RetailState:
         """Store a changed order and return it as the tool result."""
         self.store.tables["orders"].put(order.order_id, order)
         return order.model_dump(mode="json")
-
-    def digest(self) -> str:
-        """Canonical hash of the episode's state."""
-        return self.store.digest()
-
-    def changes(self) -> list[StateChange]:
-        """The records this episode changed (the overlay is exactly that)."""
-        return overlay_changes(self.store, self.bases)

@@ -8,7 +8,6 @@ gold actions are replayed once at generation; a task whose gold fails is never e
 from __future__ import annotations
 
 import functools
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from importlib import resources
 
 import yaml
 
-from trajgym.envs.goals import gold_replays, requests_in_prose
+from trajgym.envs.goals import drawn_tasks, gold_replays, requests_in_prose
 from trajgym.envs.retail.state import RetailState
 from trajgym.envs.retail.tools import RETAIL_TOOLKIT
 from trajgym.envs.retail.world import Customer, Order, World, make_world, random_address
@@ -421,30 +420,15 @@ def make_tasks(split: Split, world_seed: int = 0, suite: Suite = RETAIL_SUITE) -
     phrasing = "B" if split == "ood" else "A"
     families = suite.families + (suite.ood_families if split == "ood" else ())
     customers = sorted(u for u, c in world.customers.items() if c.split == split)
-    tasks: list[Task] = []
-    seen: set[str] = set()
-    for family in families:
-        for user_id in customers:
-            for variant in range(2):
-                seed = int(
-                    hashlib.sha256(
-                        f"{world.seed}|{family}|{user_id}|{variant}".encode()
-                    ).hexdigest()[:12],
-                    16,
-                )
-                d = _Draw(world, world.customers[user_id], random.Random(seed), phrasing)
-                task = _build(d, suite, family, split, len(tasks))
-                if task is None:
-                    continue
-                fingerprint = task.goal.model_dump_json() + str(task.auth_actions)
-                if fingerprint in seen or not gold_replays(
-                    RETAIL_TOOLKIT, RetailState(world), task.gold_actions
-                ):
-                    continue
-                seen.add(fingerprint)
-                tasks.append(task)
-    # Shuffled once, deterministically, so that the first N tasks of a split mix families.
-    random.Random(f"{world_seed}|{split}").shuffle(tasks)
-    return tuple(
-        t.model_copy(update={"id": f"{split}-{t.family}-{n:05d}"}) for n, t in enumerate(tasks)
+    return drawn_tasks(
+        world.seed,
+        split,
+        families,
+        customers,
+        2,
+        lambda family, user_id, rng, n: _build(
+            _Draw(world, world.customers[user_id], rng, phrasing), suite, family, split, n
+        ),
+        keep=lambda t: gold_replays(RETAIL_TOOLKIT, RetailState(world), t.gold_actions),
+        fingerprint=lambda t: t.goal.model_dump_json() + str(t.auth_actions),
     )

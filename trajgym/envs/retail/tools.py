@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from trajgym.envs.retail.state import RetailState, Transfer
+from trajgym.envs.desk import transfer_to_human_agents
+from trajgym.envs.retail.state import RetailState
 from trajgym.envs.retail.world import (
     Address,
     Order,
@@ -199,9 +200,7 @@ def modify_pending_order_items(
         raise ToolError(
             f"Order {order.order_id} is '{order.status}'; only pending orders can be modified."
         )
-    items, diff = _swap_items(state, order, item_ids, new_item_ids)
-    method = _payment_method(state, order.user_id, payment_method_id)
-    _require_balance(method, diff)
+    items, diff, method = _paid_swap(state, order, item_ids, new_item_ids, payment_method_id)
     payments = order.payments
     if diff:
         kind: Literal["payment", "refund"] = "payment" if diff > 0 else "refund"
@@ -287,9 +286,7 @@ def exchange_delivered_order_items(
     """
     order = state.owned_order(order_id)
     _require_delivered(order)
-    _, diff = _swap_items(state, order, item_ids, new_item_ids)
-    method = _payment_method(state, order.user_id, payment_method_id)
-    _require_balance(method, diff)
+    _paid_swap(state, order, item_ids, new_item_ids, payment_method_id)  # checks only
     return state.save(
         order.model_copy(
             update={
@@ -299,18 +296,6 @@ def exchange_delivered_order_items(
             }
         )
     )
-
-
-@tool(ends_episode=True)
-def transfer_to_human_agents(state: RetailState, summary: str) -> str:
-    """Hand the conversation to a human agent, for requests the policy does not cover.
-
-    Args:
-        summary: A short summary of the user's issue for the human agent.
-    """
-    state.store.tables["transfers"].put("0", Transfer(user_id=state.authenticated))
-    state.transfer_summary = summary
-    return "Transfer successful."
 
 
 RETAIL_TOOLKIT: Toolkit[RetailState] = Toolkit(
@@ -374,6 +359,16 @@ def _items_in_order(order: Order, item_ids: list[str]) -> list[OrderItem]:
     if missing:
         raise ToolError(f"Items {missing} are not in order {order.order_id}.")
     return [by_id[i] for i in item_ids]
+
+
+def _paid_swap(
+    state: RetailState, order: Order, item_ids: list[str], new_item_ids: list[str], method_id: str
+) -> tuple[tuple[OrderItem, ...], float, PaymentMethod]:
+    """The swapped items, the price difference and the method that covers it (checked)."""
+    items, diff = _swap_items(state, order, item_ids, new_item_ids)
+    method = _payment_method(state, order.user_id, method_id)
+    _require_balance(method, diff)
+    return items, diff, method
 
 
 def _swap_items(

@@ -13,8 +13,8 @@ from importlib import resources
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
 
+from trajgym.envs.desk import Record, split_of
 from trajgym.records.schema import Split
 
 OrderStatus = Literal[
@@ -27,12 +27,6 @@ OrderStatus = Literal[
     "return requested",
     "exchange requested",
 ]
-
-
-class Record(BaseModel):
-    """Base for world records: frozen so the world can be shared between episodes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Address(Record):
@@ -195,7 +189,6 @@ _CITIES = (
 )
 _BRANDS = ("Visa", "Mastercard", "Amex")
 _STATUS_WEIGHTS = {"pending": 30, "processed": 8, "shipped": 10, "delivered": 42, "cancelled": 10}
-_SPLIT_SHARES = (("train", 0.6), ("test", 0.2), ("ood", 0.2))
 
 
 def random_address(rng: random.Random) -> Address:
@@ -283,17 +276,8 @@ def _make_customer(rng: random.Random, index: int, total: int) -> Customer:
         address=random_address(rng),
         payment_methods=tuple(payments),
         orders=(),
-        split=_split_of(index, total),
+        split=split_of(index, total),
     )
-
-
-def _split_of(index: int, total: int) -> Split:
-    cumulative = 0.0
-    for split, share in _SPLIT_SHARES:
-        cumulative += share
-        if index < cumulative * total:
-            return split  # type: ignore[return-value]
-    return "ood"
 
 
 def _make_order(

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from trajgym.envs.workspace.project import Check, Draw, Project, act
+from trajgym.envs.goals import act
+from trajgym.envs.workspace.project import Check, Draw, Project
 from trajgym.records.schema import Intent
 
 MODULES = ("textutils", "mathutils", "helpers", "core", "calc", "numbers", "shared", "misc")

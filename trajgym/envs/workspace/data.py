@@ -12,7 +12,8 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
-from trajgym.envs.workspace.project import Check, Draw, Project, act
+from trajgym.envs.goals import act
+from trajgym.envs.workspace.project import Check, Draw, Project
 from trajgym.records.schema import Intent
 
 REGIONS = ("north", "south", "east", "west", "central", "coastal", "mountain")

@@ -16,8 +16,8 @@ from importlib import resources
 from typing import Literal
 
 import yaml
-from pydantic import JsonValue
 
+from trajgym.envs.goals import phrased_intent
 from trajgym.records.schema import Action, Intent
 
 # Loads the verifier's test modules by file path under ``python3 -I``: the workspace is put
@@ -91,16 +91,5 @@ class Draw:
         kind: str | None = None,
     ) -> Intent:
         """An intent whose request is a random phrasing of ``kind`` (default: the family)."""
-        template = self.rng.choice(_phrasings()[kind or family][self.phrasing])
-        return Intent(
-            kind=family,
-            request=template.format(**slots),
-            slots=slots,
-            actions=tuple(actions),
-            outputs=outputs,
-        )
-
-
-def act(name: str, **arguments: JsonValue) -> Action:
-    """A gold tool call."""
-    return Action(name=name, arguments=arguments)
+        templates = _phrasings()[kind or family][self.phrasing]
+        return phrased_intent(self.rng, templates, family, slots, actions, outputs)
