@@ -67,7 +67,7 @@ class ScriptedExpert:
         task = self.context.task
         if task.auth_actions:
             method = "email" if task.auth_actions[0].name.endswith("email") else "name_zip"
-            yield self._say(self._pick(self.words["ask_auth"][method]))
+            yield self._say(self._ask_auth(method))
             for action in task.auth_actions:
                 yield self._call(action)
         for intent in task.goal.intents:
@@ -81,15 +81,33 @@ class ScriptedExpert:
                 if action.name in self.confirm_tools:
                     what = self.words["actions"][action.name].format(**addressed(intent.slots))
                     yield self._say(self._pick(self.words["confirm"]).format(action=what))
-                if action.name.startswith("transfer_to_human"):
-                    yield self._call(action, content=self._pick(self.words["transfer"]))
-                else:
-                    yield self._call(action)
+                yield self._step(intent, action)
             yield self._say(
                 f"{self._report(intent)} {self._pick(self.words['anything_else'])}".strip()
             )
         while True:
             yield self._say(self._pick(self.words["anything_else"]))
+
+    def _ask_auth(self, method: str) -> str:
+        """Ask for identity, saying first what the expert will do for the first request.
+
+        The plan in the expert's own words is what lets a student trained on them carry the
+        request through to the decision (check, cancel or transfer) turns later.
+        """
+        intents = self.context.task.goal.intents
+        plans = self.words.get("plans", {})
+        kind = intents[0].kind if intents else ""
+        plan = self._pick(plans.get(kind) or plans.get("default") or [""])
+        return self._pick(self.words["ask_auth"][method]).format(plan=plan).strip()
+
+    def _step(self, intent: Intent, action: Action) -> Message:
+        """The call of ``action``; the intent's first look-up says what it is for."""
+        if action.name.startswith("transfer_to_human"):
+            return self._call(action, content=self._pick(self.words["transfer"]))
+        lookup = self.words.get("lookups", {}).get(intent.kind)
+        if lookup and intent.actions and action == intent.actions[0]:
+            return self._call(action, content=lookup.format(**addressed(intent.slots)))
+        return self._call(action)
 
     def _report(self, intent: Intent) -> str:
         template = self.words["reports"].get(intent.kind, "")

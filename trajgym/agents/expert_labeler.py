@@ -43,7 +43,7 @@ class ExpertLabeler(ScriptedExpert):
         if task.auth_actions and not self._authenticated():
             if not all(self._heard(str(v)) for a in task.auth_actions for v in _values(a)):
                 method = "email" if task.auth_actions[0].name.endswith("email") else "name_zip"
-                return self._say(self._pick(self.words["ask_auth"][method]))
+                return self._say(self._ask_auth(method))
             return self._call(next(a for a in task.auth_actions if not self._done(a)))
         for intent in task.goal.intents:
             step = self._intent_step(intent)
@@ -65,9 +65,7 @@ class ExpertLabeler(ScriptedExpert):
             if action.name in self.confirm_tools and not self._just_confirmed():
                 what = self.words["actions"][action.name].format(**addressed(intent.slots))
                 return self._say(self._pick(self.words["confirm"]).format(action=what))
-            if action.name.startswith("transfer_to_human"):
-                return self._call(action, content=self._pick(self.words["transfer"]))
-            return self._call(action)
+            return self._step(intent, action)
         if not self._reported(intent):
             return self._say(
                 f"{self._report(intent)} {self._pick(self.words['anything_else'])}".strip()

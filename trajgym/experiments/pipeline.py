@@ -43,6 +43,9 @@ class HarvestStage(BaseModel):
     teacher: AgentSpec = Field(default_factory=lambda: AgentSpec(), description="The teacher.")
     num_tasks: int = Field(240, ge=1, description="Train tasks to harvest.")
     samples_per_task: int = Field(1, ge=1, description="Episodes per task.")
+    balance_families: bool = Field(
+        True, description="Harvest the families equally (not the first N tasks of the list)."
+    )
     concurrency: int = Field(64, ge=1, description="Episodes in flight.")
 
 
@@ -161,6 +164,7 @@ def _harvest_config(config: PipelineConfig) -> GenerateConfig:
         envs=[config.env],
         split="train",
         num_tasks=h.num_tasks,
+        balance_families=h.balance_families,
         samples_per_task=h.samples_per_task,
         agent=h.teacher,
         seed=config.seed,

@@ -60,6 +60,9 @@ class GenerateConfig(BaseModel):
     split: Split = Field("train", description="Task split.")
     families: list[str] | None = Field(None, description="Only tasks of these families.")
     num_tasks: int | None = Field(None, ge=1, description="First N tasks per env (all if unset).")
+    balance_families: bool = Field(
+        False, description="Take the tasks family by family in turn, so N holds them equally."
+    )
     first_task: int = Field(
         0, ge=0, description="Skip this many tasks per env first (e.g. those another run used)."
     )

@@ -11,13 +11,16 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
 
 from trajgym.config import save_config
 from trajgym.envs import tasks_of
-from trajgym.records.schema import Trajectory
-from trajgym.records.store import Key, TrajectoryStore
+from trajgym.records.schema import Task, Trajectory
+from trajgym.records.store import Key, TrajectoryStore, read_trajectories
 from trajgym.rollouts.config import GenerateConfig
 from trajgym.rollouts.progress import GenerateReport, generation_progress
 from trajgym.rollouts.ray_backend import play_on_ray
@@ -36,11 +39,23 @@ def plan(config: GenerateConfig) -> list[Key]:
             t
             for t in tasks_of(env_id, config.split)
             if config.families is None or t.family in config.families
-        ][config.first_task :][: config.num_tasks]
+        ]
+        if config.balance_families:
+            tasks = _round_robin(tasks)
+        tasks = tasks[config.first_task :][: config.num_tasks]
         for t in tasks:
             size = len(t.gold_actions) + 3 * len(t.goal.intents)
             jobs += [(size, (env_id, t.id, s)) for s in range(config.samples_per_task)]
     return [key for _, key in sorted(jobs, key=lambda job: -job[0])]
+
+
+def _round_robin(tasks: list[Task]) -> list[Task]:
+    """Tasks one family at a time in turn, so that the first N hold the families equally."""
+    by_family: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_family.setdefault(t.family, []).append(t)
+    rounds = itertools.zip_longest(*(by_family[f] for f in sorted(by_family)))
+    return [t for row in rounds for t in row if t is not None]
 
 
 def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateReport:
@@ -79,8 +94,28 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
         report.drain_s = ended - report.all_started if report.all_started else 0.0
     report.wall_s = time.perf_counter() - started
     summary = config.output.with_suffix(".summary.json")
-    summary.write_text(json.dumps(report.as_dict(), indent=1))
+    stored = stored_counts(config.output, set(keys))
+    summary.write_text(json.dumps(report.as_dict() | {"stored": stored}, indent=1))
     return report
+
+
+def stored_counts(path: Path, keys: set[Key]) -> dict[str, Any]:
+    """What the store holds of the planned ``keys``: this run's and every earlier run's.
+
+    A resumed run writes only what was missing; these counts describe the whole harvest.
+    """
+    found = [t for t in read_trajectories(path) if t.key in keys]
+    ok = sum(t.status == "ok" for t in found)
+    successes = sum(t.success for t in found)
+    return {
+        "planned": len(keys),
+        "episodes": len(found),
+        "ok": ok,
+        "errors": len(found) - ok,
+        "successes": successes,
+        "success_rate_of_ok": successes / max(1, ok),
+        "per_family": dict(sorted(Counter(t.family for t in found if t.success).items())),
+    }
 
 
 def _run_all(

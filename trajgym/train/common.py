@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -151,6 +155,18 @@ def save_final(
         accelerator.unwrap_model(model).save_pretrained(final)
         tokenizer.save_pretrained(final)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def release_freed_memory() -> None:
+    """Hand memory that was freed back to the OS.
+
+    glibc keeps freed heap pages (and one arena per thread) for reuse, so what an update or a
+    batch of rollouts allocated would stay resident through the next stage; trimming returns it.
+    """
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def plot_curves(curves: dict[str, list[float]], path: Path, title: str) -> None:

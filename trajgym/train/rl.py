@@ -37,6 +37,7 @@ from trajgym.train.common import (
     load_checkpoint,
     plot_curves,
     prepare_model,
+    release_freed_memory,
     save_checkpoint,
     save_final,
     step_progress,
@@ -72,7 +73,12 @@ class RLSettings(ModelTraining):
     clip_eps: float = Field(0.2, gt=0, description="PPO clip range of the probability ratio.")
     updates_per_batch: int = Field(1, ge=1, description="Optimizer passes over each batch.")
     kl_coef: float = Field(0.0, ge=0, description="Weight of the KL to the reference model.")
-    micro_batch: int = Field(4, ge=1, description="Sequences per forward pass.")
+    micro_batch_tokens: int = Field(
+        4096,
+        ge=64,
+        description="Padded tokens per forward pass (rows x longest): bounds the update's "
+        "activations, so its memory does not grow with the number or length of episodes.",
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     server: ServerConfig | None = Field(
         None, description="Generate rollouts on a vLLM server (LoRA, synced every step)."
@@ -141,6 +147,7 @@ def run_rollouts(
     finally:
         if server is None:
             batcher.close()
+        release_freed_memory()  # the rollouts' KV caches, before the update allocates
 
 
 def task_pool(config: RLConfig) -> list[tuple[str, str]]:
@@ -294,7 +301,7 @@ def _update(
 
     tokens = sum(sum(s.assistant_mask) for s, _ in batch)
     sequence_tokens = sum(len(s.input_ids) for s, _ in batch)
-    micro = [batch[i : i + config.micro_batch] for i in range(0, len(batch), config.micro_batch)]
+    micro = token_budget_batches(batch, config.micro_batch_tokens)
     counts = accelerator.gather(torch.tensor([len(micro)], device=accelerator.device))
     total = {
         "kl": 0.0,
@@ -315,8 +322,28 @@ def _update(
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
-        optimizer.zero_grad()
+        optimizer.zero_grad(set_to_none=True)
+    release_freed_memory()
     return total
+
+
+def token_budget_batches(
+    batch: list[tuple[Sampled, float]], budget: int
+) -> list[list[tuple[Sampled, float]]]:
+    """Micro-batches of similar lengths whose padded size (rows x longest) fits ``budget``.
+
+    A sequence longer than the budget goes alone. Sorting by length keeps the padding small;
+    the order does not matter to the step (micro-batch losses add up to one token mean).
+    """
+    ordered = sorted(batch, key=lambda item: len(item[0].input_ids))
+    micro: list[list[tuple[Sampled, float]]] = []
+    for item in ordered:
+        longest = len(item[0].input_ids)  # the longest so far: ordered by length
+        if micro and (len(micro[-1]) + 1) * longest <= budget:
+            micro[-1].append(item)
+        else:
+            micro.append([item])
+    return micro
 
 
 def _sync(server: RemoteBatcher, accelerator: Any, model: Any, out: Path, step: int) -> None:
