@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,22 @@ def test_the_ramp_spreads_the_first_wave_and_the_drain_is_reported(tmp_path: Pat
         assert 0 < report.drain_s < report.episodes_wall_s
     assert arrivals[0.0][-1] < 0.15  # all eight at once
     assert 0.75 < arrivals[1.0][-1] < 1.5  # the eighth starts 7/8 of a second after the first
+
+
+def test_a_balanced_plan_holds_the_families_equally_and_a_resume_keeps_the_counts(
+    tmp_path: Path,
+) -> None:
+    env = "trajgym/RetailLite-v0"
+    first = GenerateConfig(envs=[env], num_tasks=30, output=tmp_path / "t.jsonl")
+    balanced = first.model_copy(update={"balance_families": True})
+    families = Counter(k[1].split("-")[1] for k in plan(balanced))
+    assert sorted(families.values()) == [10, 10, 10], families
+    assert Counter(k[1].split("-")[1] for k in plan(first)) != families  # the list's own order
+    half = balanced.model_copy(update={"num_tasks": 15})
+    generate(half, show_progress=False)
+    generate(balanced, show_progress=False)  # resumes: plays only the 15 it lacks
+    summary = json.loads((tmp_path / "t.summary.json").read_text())
+    assert summary["written"] == 15  # this run's
+    stored = summary["stored"]  # the whole harvest's, not only the resumed run's
+    assert stored["episodes"] == stored["ok"] == stored["successes"] == 30
+    assert stored["per_family"] == dict(families)

@@ -208,3 +208,25 @@ def test_a_fact_counts_only_after_the_tools_showed_it() -> None:
         "12.50": True,
         "shipped": False,
     }
+
+
+def test_the_expert_says_its_plan_before_asking_who_the_user_is() -> None:
+    # The plan in the expert's own words is what a student trained on it carries to the
+    # decision turns later (check, cancel or transfer).
+    words = {
+        "order_status": "order",
+        "cancel_pending_order": "cancel",
+        "transfer_to_human": "transfer",
+    }
+    env = make("trajgym/RetailLite-v0", split="train")
+    seen: set[str] = set()
+    for task in env.unwrapped.tasks()[:60]:  # type: ignore[attr-defined]
+        if task.family in seen:
+            continue
+        seen.add(task.family)
+        trajectory = rollout(env, ScriptedExpert(), seed=0, task_id=task.id)
+        first = next(m for m in trajectory.messages if m.role == "assistant")
+        plan = first.text.split("?")[0].lower()
+        assert words[task.family] in plan.split(".")[0], (task.family, first.text)
+        assert trajectory.reward == 1.0
+    assert seen == set(words)

@@ -308,3 +308,17 @@ def test_rollouts_on_a_vllm_style_server_train_on_its_tokens_and_sync_the_adapte
     assert loads == ["policy-1", "policy-2"] and set(server.adapters) == {"policy-2"}
     with pytest.raises(ValueError, match="lora"):
         RLConfig(server=remote, lora=False)
+
+
+def test_micro_batches_fit_the_token_budget_and_keep_every_sequence() -> None:
+    from trajgym.train.masks import Sampled
+    from trajgym.train.rl import token_budget_batches
+
+    lengths = [700, 120, 1500, 90, 5000, 640, 300, 1500]
+    batch = [(Sampled([1] * n, [1] * n, [0.0] * n), float(i)) for i, n in enumerate(lengths)]
+    micro = token_budget_batches(batch, 2048)
+    assert sorted(a for m in micro for _, a in m) == sorted(a for _, a in batch)  # each once
+    for m in micro:
+        padded = len(m) * max(len(s.input_ids) for s, _ in m)
+        assert padded <= 2048 or len(m) == 1  # only a sequence longer than the budget exceeds
+    assert [len(m) for m in micro] == [3, 2, 1, 1, 1]  # 90-300 | 640, 700 | 1500 | 1500 | 5000
