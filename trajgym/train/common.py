@@ -33,8 +33,8 @@ class ModelTraining(BaseModel):
         description="Module names that get adapters.",
     )
     seed: int = Field(0, description="Shuffling, sampling and initialisation seed.")
-    bf16: bool = Field(False, description="bf16 autocast (GPU).")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (GPU).")
+    bf16: bool = Field(False, description="bf16 autocast (GPU, or a CPU with avx512_bf16).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
 
 
