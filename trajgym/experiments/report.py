@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,9 @@ if TYPE_CHECKING:
     from trajgym.train.sft import SFTConfig
 
 
-def render_run_report(report: dict[str, Any], results: Results) -> str:
+def render_run_report(
+    report: dict[str, Any], results: Results, failures: Sequence[str] = ()
+) -> str:
     """The main job's report as Markdown: one row per agent and split."""
     lines = [
         f"# trajgym run: {report['env']}",
@@ -31,6 +34,10 @@ def render_run_report(report: dict[str, Any], results: Results) -> str:
         *results_rows(results, ("agent", "split"), with_pass_at_k=True),
     ]
     lines += ["", "Success by task family:", "", *family_table(results, "agent", "split")]
+    if failures:
+        lines += ["", "What went wrong, per family (each failed episode's first reason):", ""]
+        lines += ["| agent | split | family | failed | why (episodes) |", "|---|---|---|---|---|"]
+        lines += failures
     lines += [
         "",
         "Seconds per stage: " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()),

@@ -86,6 +86,12 @@ def student(model: TrainedModel, max_new_tokens: int, temperature: float = 0.0) 
     )
 
 
+def eval_store(out: Path, agent: str, place: str) -> Path:
+    """The store of one agent's evaluation on one place."""
+    slug = f"{agent}-{place}".replace(" ", "-").replace("(", "").replace(")", "")
+    return out / f"{slug}.jsonl"
+
+
 def evaluate(
     agents: dict[str, AgentSpec],
     places: list[Place],
@@ -100,8 +106,7 @@ def evaluate(
     for name, agent in agents.items():
         for place in places:
             started = time.perf_counter()
-            slug = f"{name}-{place.label}".replace(" ", "-").replace("(", "").replace(")", "")
-            output = out / f"{slug}.jsonl"
+            output = eval_store(out, name, place.label)
             config = GenerateConfig(
                 envs=[place.env],
                 split=place.split,
