@@ -157,6 +157,20 @@ def save_final(
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
+def new_accelerator(bf16: bool, **kwargs: Any) -> Any:
+    """An ``Accelerator`` for one training run, whatever precision an earlier run used.
+
+    accelerate keeps its state per process and refuses a second precision; a process that
+    trains twice (a pipeline, a comparison, a test suite) starts each run from a fresh state.
+    The process group (``PartialState``) is kept.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    return Accelerator(mixed_precision="bf16" if bf16 else "no", **kwargs)
+
+
 def release_freed_memory() -> None:
     """Hand memory that was freed back to the OS.
 

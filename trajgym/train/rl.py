@@ -35,6 +35,7 @@ from trajgym.train.common import (
     ModelTraining,
     TrainingRun,
     load_checkpoint,
+    new_accelerator,
     plot_curves,
     prepare_model,
     release_freed_memory,
@@ -190,13 +191,12 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
     ``extra_reward`` adds any score of a trajectory (a judge's, say) to the configured ones.
     """
     import torch
-    from accelerate import Accelerator
 
     torch.manual_seed(config.seed)
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+    accelerator = new_accelerator(config.bf16)
     model, tokenizer = prepare_model(config, str(accelerator.device))
     reference = reference_logits(model) if config.kl_coef else None
     params = [p for p in model.parameters() if p.requires_grad]

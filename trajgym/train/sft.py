@@ -26,6 +26,7 @@ from trajgym.train.common import (
     ModelTraining,
     TrainingRun,
     load_checkpoint,
+    new_accelerator,
     plot_curves,
     prepare_model,
     save_checkpoint,
@@ -151,17 +152,13 @@ def batches(
 def train(config: SFTConfig) -> SFTSummary:
     """Run SFT; returns a summary (also written to output_dir/summary.json)."""
     import torch
-    from accelerate import Accelerator
     from transformers import get_scheduler
 
     torch.manual_seed(config.seed)
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.grad_accum,
-        mixed_precision="bf16" if config.bf16 else "no",
-    )
+    accelerator = new_accelerator(config.bf16, gradient_accumulation_steps=config.grad_accum)
     model, tokenizer = prepare_model(config, str(accelerator.device))
     examples = load_examples(config, tokenizer)
     world, rank = accelerator.num_processes, accelerator.process_index
