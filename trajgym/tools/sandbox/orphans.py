@@ -12,6 +12,7 @@ recorded (``trajgym-ws-XXXX``) are swept once unused for :data:`LEGACY_AGE_S`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -38,19 +39,31 @@ _sweep_lock = threading.Lock()
 _swept = False
 
 
-def start_time(pid: int) -> int | None:
-    """The kernel's start time of process ``pid`` (clock ticks since boot), None if gone."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name; None if the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return stat.rsplit(")", 1)[1].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of process ``pid`` (clock ticks since boot), None if gone."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+@functools.cache
+def _tag(pid: int) -> str:
+    return f"{pid}.{start_time(pid)}"
 
 
 def owner_tag(pid: int | None = None) -> str:
     """``<pid>.<start time>`` of this process (or of ``pid``): who owns a sandbox."""
-    pid = os.getpid() if pid is None else pid
+    if pid is None:  # every sandbox start and command asks: read /proc once per process
+        return _tag(os.getpid())  # keyed by pid, so a forked child gets its own
     return f"{pid}.{start_time(pid)}"
 
 
@@ -188,9 +201,8 @@ def _uid(pid: int) -> int | None:
 
 
 def _parent(pid: int) -> int | None:
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    return None
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def _owner_mark(pid: int) -> str | None:
