@@ -178,3 +178,51 @@ def test_batcher_close_stops_its_thread_and_drops_caches() -> None:
     assert "s" in batcher.sessions.sessions
     batcher.close()
     assert not batcher._thread.is_alive() and not batcher.sessions.sessions
+
+
+def test_the_same_checkpoint_evaluated_twice_plays_the_same_episodes(tmp_path, monkeypatch) -> None:
+    """Threads arrive in a random order each run; batches (and so replies) do not change."""
+    import random
+    import time
+
+    from trajgym.agents.batching import Batcher
+    from trajgym.records.store import read_trajectories
+    from trajgym.rollouts.config import GenerateConfig
+    from trajgym.rollouts.generate import generate
+
+    tok = tiny_tokenizer(corpus())
+    tiny_model(tok).save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    jitter = random.Random()  # unseeded: each run's timing differs
+    act = StudentAgent.act
+    monkeypatch.setattr(
+        StudentAgent, "act", lambda self, m: time.sleep(jitter.uniform(0, 0.03)) or act(self, m)
+    )
+    rounds: list[list[list[str]]] = []
+    close = Batcher.close
+
+    def closing(self: Batcher) -> None:
+        rounds.append([[s.split("|")[0] for s in r] for r in self.rounds])
+        close(self)
+
+    monkeypatch.setattr(Batcher, "close", closing)
+
+    def evaluate(name: str) -> list[tuple]:
+        cfg = GenerateConfig(
+            split="test",
+            num_tasks=10,
+            concurrency=4,
+            max_turns=3,
+            output=tmp_path / f"{name}.jsonl",
+            agent={"kind": "student", "student": str(tmp_path / "tiny"), "max_new_tokens": 5},
+        )
+        generate(cfg, show_progress=False)
+        return sorted(
+            (t.task_id, t.success, [m.model_dump() for m in t.messages])
+            for t in read_trajectories(cfg.output)
+        )
+
+    first, second = evaluate("first"), evaluate("second")
+    assert len(first) == 10 and first == second
+    assert rounds[0] == rounds[1]  # the same batches, each sorted by episode
+    assert max(map(len, rounds[0])) == 4  # and full: every episode in play waits for the rest

@@ -77,13 +77,18 @@ class StudentAgent:
         self.usage = Usage()
         self._turn = 0
         self.turns = []
-        self._forget()
+        self.end()
         self._episodes += 1
-        self._session = f"{id(self)}-{self._episodes}"
+        # Named by the episode first (a lockstep batcher orders its batches by this name, so
+        # it must not depend on the process), then by this agent (a GRPO group shares a task
+        # and a seed, and each member needs its own cache).
+        self._session = f"{context.task.id}|{context.seed}|{id(self):x}-{self._episodes}"
 
-    def _forget(self) -> None:
+    def end(self) -> None:
+        """The episode is over: drop its KV cache."""
         if self._session:
             (self.batcher or self._own).forget(self._session)  # type: ignore[union-attr]
+            self._session = ""
 
     def act(self, messages: Sequence[Message]) -> Message:
         """Generate the next assistant message and parse any tool calls in it."""

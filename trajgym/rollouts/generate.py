@@ -78,6 +78,7 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
             play_on_ray(config, todo, keep, report, show_progress)
         elif todo:
             runner = EpisodeRunner(config, report.simulator)
+            runner.expect(len(todo), config.concurrency)
             report.playing_since = time.perf_counter()
             try:
                 _run_all(

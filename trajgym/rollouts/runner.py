@@ -76,21 +76,36 @@ class EpisodeRunner:
         persona = None
         if config.personas:
             persona = config.personas[episode_seed(config.seed + 1, key) % len(config.personas)]
-        with episode_scope(key):  # one episode's calls are sequential: replayable
-            t = rollout(
-                envs[key[0]],
-                make_agent(config.agent, self.teacher, self.batcher),
-                seed=episode_seed(config.seed, key),
-                task_id=key[1],
-                persona=persona,
-                sample_index=key[2],
-            )
+        agent = make_agent(config.agent, self.teacher, self.batcher)
+        try:
+            with episode_scope(key):  # one episode's calls are sequential: replayable
+                t = rollout(
+                    envs[key[0]],
+                    agent,
+                    seed=episode_seed(config.seed, key),
+                    task_id=key[1],
+                    persona=persona,
+                    sample_index=key[2],
+                )
+        finally:
+            if self.batcher is not None:
+                agent.end()  # type: ignore[attr-defined]  # a student: its cache goes
+                self.batcher.finished()
         if t.status == "error":
             # A reset that raised leaves gymnasium's env checker half-initialised, and the
             # next episode on this env would crash: start the next one on a fresh env.
             envs.pop(key[0]).close()
         self.simulator.add(episode_stats)
         return t, episode_stats
+
+    def expect(self, episodes: int, slots: int) -> None:
+        """``episodes`` will be played, ``slots`` at a time: the student then plays in lockstep.
+
+        Its batches are then made by the episodes' keys, not by thread timing, so the same
+        checkpoint replays the same episodes (see :mod:`trajgym.agents.batching`).
+        """
+        if self.batcher is not None:
+            self.batcher.expect(episodes, slots)
 
     def close(self) -> None:
         """Stop the student's batcher, if any."""
@@ -135,6 +150,7 @@ def _student_batcher(config: GenerateConfig) -> Batcher:
         max_batch=min(config.concurrency, 16),
         max_new_tokens=spec.max_new_tokens,
         temperature=spec.temperature,
+        seed=config.seed,
     )
 
 

@@ -129,6 +129,7 @@ def run_rollouts(
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         top_p=config.top_p,
+        seed=jobs[0][3] if jobs else config.seed,  # each step's own stream
     )
     student = StudentConfig(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
@@ -139,6 +140,7 @@ def run_rollouts(
         env = make(env_id, split=config.split, max_episode_steps=config.max_turns)
         agent = StudentAgent(model, tokenizer, student, batcher=batcher)
         t = rollout(env, agent, seed=seed, task_id=task_id)
+        agent.end()
         env.close()
         return Episode(group, t, tuple(agent.turns))
 
