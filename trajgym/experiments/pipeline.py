@@ -31,7 +31,7 @@ from trajgym.experiments.stages import (
 from trajgym.records.store import read_trajectories
 from trajgym.rollouts.config import AgentSpec, GenerateConfig
 from trajgym.rollouts.generate import generate
-from trajgym.train.common import TrainedModel
+from trajgym.train.common import TrainedModel, release_freed_memory
 from trajgym.train.failures import failure_rows
 from trajgym.train.rl import RLConfig, RLSettings
 from trajgym.train.sft import SFTConfig, SFTSettings
@@ -117,12 +117,14 @@ def run(config: PipelineConfig, show_progress: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     sft = config.sft_config()
     sft_summary = train_once(sft.output_dir, lambda: _train_sft(sft))
+    release_freed_memory()  # the trainer's optimizer state and activations
     timings["sft_s"] = time.perf_counter() - started
 
     rl, rl_summary = config.rl_config(), None
     if rl is not None:
         started = time.perf_counter()
         rl_summary = train_once(rl.output_dir, lambda: _train_rl(rl))
+        release_freed_memory()
         timings["rl_s"] = time.perf_counter() - started
 
     places = [

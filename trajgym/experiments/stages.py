@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,7 +20,7 @@ from trajgym.records.schema import Split
 from trajgym.records.store import read_trajectories
 from trajgym.rollouts.config import AgentSpec, GenerateConfig
 from trajgym.rollouts.generate import generate
-from trajgym.train.common import TrainedModel
+from trajgym.train.common import TrainedModel, release_freed_memory
 from trajgym.train.evaluate import EvalMetrics, summarize
 
 Results = dict[str, dict[str, EvalMetrics]]
@@ -40,6 +40,9 @@ class EvalStage(BaseModel):
     max_new_tokens: int = Field(96, ge=1, description="Student reply length limit.")
     max_turns: int = Field(12, ge=1, description="Agent steps before an episode is cut.")
     concurrency: int = Field(8, ge=1, description="Episodes in flight (= the student's batch).")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Students' weights and KV caches while evaluated."
+    )
     teacher: bool = Field(True, description="Also evaluate the teacher, for reference.")
 
 
@@ -107,19 +110,23 @@ def evaluate(
         for place in places:
             started = time.perf_counter()
             output = eval_store(out, name, place.label)
+            playing = agent
+            if agent.kind == "student":
+                playing = agent.model_copy(update={"dtype": stage.dtype})
             config = GenerateConfig(
                 envs=[place.env],
                 split=place.split,
                 families=place.families,
                 num_tasks=place.num_tasks,
                 samples_per_task=stage.k,
-                agent=agent,
+                agent=playing,
                 seed=seed,
                 output=output,
                 concurrency=stage.concurrency,
                 max_turns=stage.max_turns,
             )
             generate(config, show_progress)
+            release_freed_memory()  # the student's caches, before the next agent loads
             metrics = summarize(read_trajectories(output), stage.k)
             output.with_suffix(".eval.json").write_text(json.dumps(metrics.as_json(), indent=1))
             results.setdefault(name, {})[place.label] = metrics

@@ -28,6 +28,9 @@ class AgentSpec(BaseModel):
     adapter: str | None = Field(None, description="peft adapter folder for the student.")
     max_new_tokens: int = Field(256, gt=0, description="Student reply length limit.")
     temperature: float = Field(0.0, ge=0.0, description="Student sampling temperature.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Student weights and KV caches (bfloat16: half the memory)."
+    )
 
     @model_validator(mode="after")
     def _llm_needs_config(self) -> AgentSpec:

@@ -143,7 +143,7 @@ def _student_batcher(config: GenerateConfig) -> Batcher:
     from trajgym.agents.models import load_student
 
     spec = config.agent
-    model, tokenizer = load_student(spec.student, adapter=spec.adapter)
+    model, tokenizer = load_student(spec.student, adapter=spec.adapter, dtype=spec.dtype)
     return Batcher(
         model,
         tokenizer,
