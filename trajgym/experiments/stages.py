@@ -12,13 +12,13 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trajgym.records.schema import Split
 from trajgym.records.store import read_trajectories
-from trajgym.rollouts.config import AgentSpec, GenerateConfig
+from trajgym.rollouts.config import AgentSpec, GenerateConfig, StudentDtype
 from trajgym.rollouts.generate import generate
 from trajgym.train.common import TrainedModel, release_freed_memory
 from trajgym.train.evaluate import EvalMetrics, summarize
@@ -40,7 +40,7 @@ class EvalStage(BaseModel):
     max_new_tokens: int = Field(96, ge=1, description="Student reply length limit.")
     max_turns: int = Field(12, ge=1, description="Agent steps before an episode is cut.")
     concurrency: int = Field(8, ge=1, description="Episodes in flight (= the student's batch).")
-    dtype: Literal["float32", "bfloat16"] = Field(
+    dtype: StudentDtype = Field(
         "float32", description="Students' weights and KV caches while evaluated."
     )
     teacher: bool = Field(True, description="Also evaluate the teacher, for reference.")
@@ -110,9 +110,8 @@ def evaluate(
         for place in places:
             started = time.perf_counter()
             output = eval_store(out, name, place.label)
-            playing = agent
-            if agent.kind == "student":
-                playing = agent.model_copy(update={"dtype": stage.dtype})
+            is_student = agent.kind == "student"
+            playing = agent.model_copy(update={"dtype": stage.dtype}) if is_student else agent
             config = GenerateConfig(
                 envs=[place.env],
                 split=place.split,

@@ -11,6 +11,8 @@ from trajgym.envs.users.base import get_persona
 from trajgym.llm.client import LLMConfig
 from trajgym.records.schema import Split
 
+StudentDtype = Literal["float32", "bfloat16", "float16"]
+
 
 class AgentSpec(BaseModel):
     """The agent that plays the assistant."""
@@ -28,7 +30,7 @@ class AgentSpec(BaseModel):
     adapter: str | None = Field(None, description="peft adapter folder for the student.")
     max_new_tokens: int = Field(256, gt=0, description="Student reply length limit.")
     temperature: float = Field(0.0, ge=0.0, description="Student sampling temperature.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+    dtype: StudentDtype = Field(
         "float32", description="Student weights and KV caches (bfloat16: half the memory)."
     )
 
