@@ -6,11 +6,11 @@ the same chat template, with the loss on the assistant's tokens only (TRL:
 ``assistant_only_loss`` through the template's generation markers). TRL runs with bf16 and
 gradient checkpointing off: its CPU defaults are several times slower and not a fair baseline.
 Tokens/s counts the conversations' real (non-padding) tokens over each training loop.
-Each variant (trajgym fp32, trajgym bf16 autocast, TRL fp32) runs in its own process, so that
-its peak resident set is its own; the ratios are of runs measured together. Target: trajgym
->= 1.3x TRL.
+Each variant (trajgym fp32, trajgym bf16 autocast, trajgym bf16 with gradient checkpointing,
+TRL fp32) runs in its own process, so that its peak resident set is its own; the ratios are of
+runs measured together. Target: trajgym >= 1.3x TRL.
 
-Run: python bench/sft.py [--conversations 32] [--batch 4]
+Run: python bench/sft.py [--conversations 32] [--batch 4] [--variants fp32,bf16,ckpt,trl]
 """
 
 from __future__ import annotations
@@ -33,14 +33,16 @@ from trajgym.rollouts.generate import generate
 from trajgym.train.export import ExportFilter, export
 from trajgym.train.sft import SFTConfig, train
 
+VARIANTS = ("fp32", "bf16", "ckpt", "trl")  # ckpt: bf16 autocast + gradient checkpointing
 
-def ours(store: Path, work: Path, batch: int, steps: int, bf16: bool) -> dict[str, float]:
+
+def ours(store: Path, work: Path, batch: int, steps: int, variant: str) -> dict[str, float]:
     """trajgym's SFT loop over the conversations: its tokens and seconds."""
     summary = train(
         SFTConfig(
             data=[store],
             model=DEFAULT_STUDENT,
-            output_dir=work / ("trajgym-bf16" if bf16 else "trajgym"),
+            output_dir=work / f"trajgym-{variant}",
             lora=False,
             lr=1e-5,
             schedule="constant",
@@ -48,7 +50,8 @@ def ours(store: Path, work: Path, batch: int, steps: int, bf16: bool) -> dict[st
             batch_size=batch,
             max_optimizer_steps=steps,
             max_length=2048,
-            bf16=bf16,
+            bf16=variant != "fp32",
+            gradient_checkpointing=variant == "ckpt",
         )
     )
     return {"tokens": summary["tokens"], "loop_s": summary["loop_s"]}
@@ -66,7 +69,7 @@ def child(variant: str, conversations: int, batch: int) -> dict[str, float]:
     result = (
         {"loop_s": run_trl(store, work, batch, steps)}
         if variant == "trl"
-        else ours(store, work, batch, steps, variant == "bf16")
+        else ours(store, work, batch, steps, variant)
     )
     return result | {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
@@ -75,13 +78,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--conversations", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a child's variant
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if "fp32" not in variants or not set(variants) <= set(VARIANTS):
+        parser.error(f"--variants: fp32 (the baseline) and any of {', '.join(VARIANTS[1:])}")
     if args.one:
         print(json.dumps(child(args.one, args.conversations, args.batch)))
         return
     runs = {}
-    for variant in ("fp32", "bf16", "trl"):
+    for variant in variants:
         argv = [sys.executable, __file__, "--one", variant]
         argv += ["--conversations", str(args.conversations), "--batch", str(args.batch)]
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -94,11 +101,14 @@ def main() -> None:
     )
     for v, r in runs.items():
         print(f"{v:5s} {rate[v]:7.1f} tokens/s   peak RSS {r['peak_rss_gb']:.2f} GB")
-    best = max(rate["fp32"], rate["bf16"])
-    print(
-        f"bf16 / fp32: {rate['bf16'] / rate['fp32']:.2f}x tokens/s, "
-        f"{runs['bf16']['peak_rss_gb'] / runs['fp32']['peak_rss_gb']:.2f}x peak RSS"
-    )
+    for v in set(variants) - {"fp32", "trl"}:
+        print(
+            f"{v} / fp32: {rate[v] / rate['fp32']:.2f}x tokens/s, "
+            f"{runs[v]['peak_rss_gb'] / runs['fp32']['peak_rss_gb']:.2f}x peak RSS"
+        )
+    if "trl" not in runs:
+        return
+    best = max(r for v, r in rate.items() if v != "trl")
     print(
         f"trajgym fp32 / TRL SFTTrainer (fp32): {rate['fp32'] / rate['trl']:.2f}x; "
         f"best trajgym / TRL: {best / rate['trl']:.2f}x (target >= 1.3x: "
