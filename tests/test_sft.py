@@ -246,3 +246,14 @@ def test_the_same_config_twice_gives_the_same_losses(setup, tmp_path: Path) -> N
     other = train(config(setup, tmp_path / "c", lora=True, max_optimizer_steps=6, seed=1))
     assert first["losses"] == second["losses"]
     assert other["losses"] != first["losses"]  # the seed does reach the run
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_trains_the_same_model(setup, tmp_path: Path, lora: bool) -> None:
+    """Recomputing activations saves memory, not learning: the losses are those without it."""
+    plain = train(config(setup, tmp_path / "a", lora=lora, max_optimizer_steps=4))
+    checkpointed = train(
+        config(setup, tmp_path / "b", lora=lora, max_optimizer_steps=4, gradient_checkpointing=True)
+    )
+    assert checkpointed["losses"] == pytest.approx(plain["losses"], rel=1e-4)
+    assert checkpointed["losses"][-1] < checkpointed["losses"][0]  # gradients do flow through it

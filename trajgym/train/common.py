@@ -78,7 +78,7 @@ def prepare_model(config: ModelTraining, device: str) -> tuple[Any, Any]:
     model, tokenizer = load_student(config.model, device=device)
     model.train()
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()  # transformers 5 name; the old one is deprecated
     if config.adapter is not None:
         from peft import PeftModel
 
