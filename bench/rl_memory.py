@@ -18,15 +18,16 @@ import subprocess
 import sys
 import time
 
-VARIANTS = {  # name: (micro_batch_tokens as a multiple of --length or absolute, bf16)
-    "4 sequences, fp32 (before)": ("x4", False),
-    "4096 tokens, fp32": (4096, False),
-    "4096 tokens, bf16 autocast": (4096, True),
-    "2048 tokens, bf16 autocast": (2048, True),
+VARIANTS = {  # name: (micro_batch_tokens, a multiple of --length or absolute; bf16; checkpointing)
+    "4 sequences, fp32 (before)": ("x4", False, False),
+    "4096 tokens, fp32": (4096, False, False),
+    "4096 tokens, bf16 autocast": (4096, True, False),
+    "2048 tokens, bf16 autocast": (2048, True, False),
+    "4096 tokens, bf16, checkpointed": (4096, True, True),
 }
 
 
-def one(budget: int, bf16: bool, sequences: int, length: int) -> dict[str, float]:
+def one(budget: int, bf16: bool, ckpt: bool, sequences: int, length: int) -> dict[str, float]:
     """One update in this process; its wall time and this process's peak RSS."""
     import torch
     from accelerate import Accelerator
@@ -35,7 +36,7 @@ def one(budget: int, bf16: bool, sequences: int, length: int) -> dict[str, float
     from trajgym.train.rl import RLConfig, _update
 
     torch.manual_seed(0)
-    config = RLConfig(lora=False, micro_batch_tokens=budget, bf16=bf16)
+    config = RLConfig(lora=False, micro_batch_tokens=budget, bf16=bf16, gradient_checkpointing=ckpt)
     from trajgym.train.common import prepare_model
 
     accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
@@ -63,16 +64,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sequences", type=int, default=24)
     parser.add_argument("--length", type=int, default=1500)
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # budget bf16: a child's run
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # budget bf16 ckpt: a child's
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(int(args.one[0]), args.one[1] == "1", args.sequences, args.length)))
+        budget, bf16, ckpt = int(args.one[0]), args.one[1] == "1", args.one[2] == "1"
+        print(json.dumps(one(budget, bf16, ckpt, args.sequences, args.length)))
         return
     results = {}
-    for name, (budget, bf16) in VARIANTS.items():
+    for name, (budget, bf16, ckpt) in VARIANTS.items():
         tokens = 4 * args.length if budget == "x4" else budget
         argv = [sys.executable, __file__, "--sequences", str(args.sequences)]
-        argv += ["--length", str(args.length), "--one", str(tokens), "1" if bf16 else "0"]
+        argv += ["--length", str(args.length), "--one", str(tokens), str(int(bf16)), str(int(ckpt))]
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         results[name] = json.loads(out.strip().splitlines()[-1])
         print(f"{name:30s} {results[name]}", flush=True)
