@@ -311,8 +311,7 @@ def test_rollouts_on_a_vllm_style_server_train_on_its_tokens_and_sync_the_adapte
 
 
 def test_micro_batches_fit_the_token_budget_and_keep_every_sequence() -> None:
-    from trajgym.train.masks import Sampled
-    from trajgym.train.rl import token_budget_batches
+    from trajgym.train.masks import Sampled, token_budget_batches
 
     lengths = [700, 120, 1500, 90, 5000, 640, 300, 1500]
     batch = [(Sampled([1] * n, [1] * n, [0.0] * n), float(i)) for i, n in enumerate(lengths)]

@@ -82,14 +82,20 @@ def group_advantages(groups: Sequence[int], rewards: Sequence[float], scale: boo
     return advantages
 
 
+Advantage = float | Sequence[float]  # one per episode, or one per token (distillation)
+
+
 def policy_loss(
     model: Any,
-    batch: Sequence[tuple[Sampled, float]],
+    batch: Sequence[tuple[Sampled, Advantage]],
     config: LossSettings,
     reference: Callable[[dict[str, Any]], Any] | None,
     token_count: int,
 ) -> tuple[Any, dict[str, float]]:
     """Clipped policy-gradient loss over the model's own tokens of ``batch``.
+
+    An advantage is the episode's (every token of the sequence gets it) or a list aligned with
+    the sequence's tokens (on-policy distillation's per-token reverse KL).
 
     Summed over the batch's tokens and divided by ``token_count`` (the tokens of the whole
     step), so that micro-batches add up to a token-level mean. The vocabulary projection runs
@@ -106,7 +112,7 @@ def policy_loss(
     logits = model(**forward, logits_to_keep=keep).logits.float() / config.temperature
     logp = torch.log_softmax(logits, -1).gather(-1, targets[mask][:, None]).squeeze(-1)
     old = inputs["old"][:, 1:][mask]
-    advantage = inputs["advantage"][:, None].expand_as(mask)[mask]
+    advantage = inputs["advantage"][:, 1:][mask]
     ratio = torch.exp(logp - old)
     clipped = torch.clamp(ratio, 1 - config.clip_eps, 1 + config.clip_eps)
     per_token = -torch.minimum(ratio * advantage, clipped * advantage)
@@ -125,7 +131,7 @@ def policy_loss(
     return loss, stats
 
 
-def _pad(batch: Sequence[tuple[Sampled, float]], model: Any) -> dict[str, Any]:
+def _pad(batch: Sequence[tuple[Sampled, Advantage]], model: Any) -> dict[str, Any]:
     import torch
 
     width = max(len(s.input_ids) for s, _ in batch)
@@ -135,14 +141,15 @@ def _pad(batch: Sequence[tuple[Sampled, float]], model: Any) -> dict[str, Any]:
         "attention_mask": torch.zeros((rows, width), dtype=torch.long),
         "mask": torch.zeros((rows, width), dtype=torch.long),
         "old": torch.zeros((rows, width)),
-        "advantage": torch.tensor([a for _, a in batch], dtype=torch.float),
+        "advantage": torch.zeros((rows, width)),
     }
-    for i, (s, _) in enumerate(batch):
+    for i, (s, a) in enumerate(batch):
         n = len(s.input_ids)
         out["input_ids"][i, :n] = torch.tensor(s.input_ids)
         out["attention_mask"][i, :n] = 1
         out["mask"][i, :n] = torch.tensor(s.assistant_mask)
         out["old"][i, :n] = torch.tensor(s.old_logprobs)
+        out["advantage"][i, :n] = torch.tensor(a) if isinstance(a, Sequence) else a
     device = next(model.parameters()).device
     return {k: v.to(device) for k, v in out.items()}
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from trajgym.errors import TrajgymError
 
@@ -159,3 +159,23 @@ def generated_sequences(turns: Sequence[Generation]) -> list[Sampled]:
     if ids:
         sequences.append(Sampled(ids, mask, old))
     return sequences
+
+
+Row = TypeVar("Row", bound=tuple[Sampled, Any])
+
+
+def token_budget_batches(batch: Sequence[Row], budget: int) -> list[list[Row]]:
+    """Micro-batches of similar lengths whose padded size (rows x longest) fits ``budget``.
+
+    A sequence longer than the budget goes alone. Sorting by length keeps the padding small;
+    the order does not matter to a step (micro-batch losses add up to one token mean).
+    """
+    ordered = sorted(batch, key=lambda item: len(item[0].input_ids))
+    micro: list[list[Row]] = []
+    for item in ordered:
+        longest = len(item[0].input_ids)  # the longest so far: ordered by length
+        if micro and (len(micro[-1]) + 1) * longest <= budget:
+            micro[-1].append(item)
+        else:
+            micro.append([item])
+    return micro

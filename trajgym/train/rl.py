@@ -43,7 +43,14 @@ from trajgym.train.common import (
     save_final,
     step_progress,
 )
+from trajgym.train.distill import (
+    LocalTeacher,
+    TeacherScoring,
+    distillation_advantages,
+    reverse_kl_sum,
+)
 from trajgym.train.grpo import (
+    Advantage,
     Episode,
     RewardWeights,
     episode_reward,
@@ -51,7 +58,7 @@ from trajgym.train.grpo import (
     policy_loss,
     reference_logits,
 )
-from trajgym.train.masks import Sampled, generated_sequences
+from trajgym.train.masks import Sampled, generated_sequences, token_budget_batches
 
 
 class RLSettings(ModelTraining):
@@ -83,6 +90,11 @@ class RLSettings(ModelTraining):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     server: ServerConfig | None = Field(
         None, description="Generate rollouts on a vLLM server (LoRA, synced every step)."
+    )
+    teacher: TeacherScoring | None = Field(
+        None,
+        description="On-policy distillation: this white-box teacher scores every token the "
+        "student wrote, and log p_teacher - log p_student is the token's advantage.",
     )
 
     @model_validator(mode="after")
@@ -201,6 +213,9 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
     accelerator = new_accelerator(config.bf16)
     model, tokenizer = prepare_model(config, str(accelerator.device))
     reference = reference_logits(model) if config.kl_coef else None
+    teacher = (
+        LocalTeacher(config.teacher, tokenizer, str(accelerator.device)) if config.teacher else None
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -228,8 +243,8 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
         episodes = run_rollouts(policy, tokenizer, jobs, config, server)
         policy.train()
         rollout_s = time.perf_counter() - t0
-        rewards, batch = _scored(episodes, config, extra_reward)
-        stats = _update(model, optimizer, accelerator, batch, config, reference)
+        rewards, batch, scored = _scored(episodes, config, extra_reward, teacher)
+        stats = _update(model, optimizer, accelerator, batch, config, reference) | scored
         record = _gather_metrics(
             accelerator, episodes, rewards, stats, rollout_s, time.perf_counter() - t0
         )
@@ -250,7 +265,8 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
     history = state["history"]
     if accelerator.is_main_process:
         names = ("reward", "success", "reply_tokens") + (("kl",) if config.kl_coef else ())
-        curves = {k: [h[k] for h in history] for k in names}  # KL is measured only when used
+        names += ("reverse_kl",) if config.teacher else ()
+        curves = {k: [h[k] for h in history] for k in names}  # KLs are measured only when used
         plot_curves(curves, out / "curves.png", "GRPO")
     summary: RLSummary = {
         "steps": state["step"],
@@ -265,32 +281,58 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
 
 
 def _scored(
-    episodes: list[Episode], config: RLConfig, extra: Callable[[Trajectory], float] | None
-) -> tuple[list[float], list[tuple[Sampled, float]]]:
-    """Each episode's reward, and the sequences to train on with their group advantage.
+    episodes: list[Episode],
+    config: RLConfig,
+    extra: Callable[[Trajectory], float] | None,
+    teacher: LocalTeacher | None = None,
+) -> tuple[list[float], list[tuple[Sampled, Advantage]], dict[str, float]]:
+    """Each episode's reward, the sequences to train on with their advantages, the teacher's.
 
-    Episodes with an infrastructure error teach nothing; those with a zero advantage (a
-    group whose rewards are all equal) carry no gradient.
+    The teacher's figures: the reverse KL summed over the student's tokens, and how many
+    tokens it scored (both 0 without a teacher).
+
+    Episodes with an infrastructure error teach nothing. Without a teacher, those with a zero
+    advantage (a group whose rewards are all equal) carry no gradient; with one, every token
+    has its own advantage, so every episode trains.
     """
     rewards = [episode_reward(e, config.rewards, config.max_new_tokens) for e in episodes]
     if extra is not None:
         rewards = [r + extra(e.trajectory) for r, e in zip(rewards, episodes, strict=True)]
     usable = [e.trajectory.status == "ok" for e in episodes]
     advantages = group_advantages([e.group for e in episodes], rewards, config.scale_rewards)
-    batch = [
+    if teacher is None or config.teacher is None:
+        batch: list[tuple[Sampled, Advantage]] = [
+            (s, a)
+            for e, a, ok in zip(episodes, advantages, usable, strict=True)
+            if ok and a != 0.0
+            for s in generated_sequences(e.turns)
+        ]
+        return rewards, batch, {"reverse_kl": 0.0, "teacher_tokens": 0.0}
+    rows = [
         (s, a)
         for e, a, ok in zip(episodes, advantages, usable, strict=True)
-        if ok and a != 0.0
+        if ok
         for s in generated_sequences(e.turns)
     ]
-    return rewards, batch
+    scores = teacher.token_logprobs([s for s, _ in rows], config.temperature)
+    weights = config.teacher
+    batch = [
+        (s, distillation_advantages(s, lp, weights.coef, a, weights.reward_coef))
+        for (s, a), lp in zip(rows, scores, strict=True)
+    ]
+    kl = sum(reverse_kl_sum(s, lp) for (s, _), lp in zip(rows, scores, strict=True))
+    return (
+        rewards,
+        batch,
+        {"reverse_kl": kl, "teacher_tokens": sum(sum(s.assistant_mask) for s, _ in rows)},
+    )
 
 
 def _update(
     model: Any,
     optimizer: Any,
     accelerator: Any,
-    batch: list[tuple[Sampled, float]],
+    batch: list[tuple[Sampled, Advantage]],
     config: RLConfig,
     reference: Callable[[dict[str, Any]], Any] | None,
 ) -> dict[str, float]:
@@ -329,25 +371,6 @@ def _update(
     return total
 
 
-def token_budget_batches(
-    batch: list[tuple[Sampled, float]], budget: int
-) -> list[list[tuple[Sampled, float]]]:
-    """Micro-batches of similar lengths whose padded size (rows x longest) fits ``budget``.
-
-    A sequence longer than the budget goes alone. Sorting by length keeps the padding small;
-    the order does not matter to the step (micro-batch losses add up to one token mean).
-    """
-    ordered = sorted(batch, key=lambda item: len(item[0].input_ids))
-    micro: list[list[tuple[Sampled, float]]] = []
-    for item in ordered:
-        longest = len(item[0].input_ids)  # the longest so far: ordered by length
-        if micro and (len(micro[-1]) + 1) * longest <= budget:
-            micro[-1].append(item)
-        else:
-            micro.append([item])
-    return micro
-
-
 def _sync(server: RemoteBatcher, accelerator: Any, model: Any, out: Path, step: int) -> None:
     """Save the adapter after ``step`` and have the server sample from it from now on."""
     name = f"policy-{step}"
@@ -381,6 +404,8 @@ def _gather_metrics(
             sum(len(g.token_ids) for e in episodes for g in e.turns),
             sum(len(e.turns) for e in episodes),
             stats["kl"],
+            stats["reverse_kl"],
+            stats["teacher_tokens"],
             stats["clipped"],
             stats["tokens"],
             stats["sequences"],
@@ -390,9 +415,8 @@ def _gather_metrics(
         device=accelerator.device,
     )
     totals = accelerator.reduce(local, reduction="sum").tolist()
-    n, reward, success, reply_tokens, turns, kl, clipped, tokens, sequences, sequence_tokens = (
-        totals
-    )
+    n, reward, success, reply_tokens, turns, kl, reverse_kl, teacher_tokens = totals[:8]
+    clipped, tokens, sequences, sequence_tokens = totals[8:]
     trained = max(tokens, 1.0)
     return {
         "episodes": int(n),
@@ -400,6 +424,8 @@ def _gather_metrics(
         "success": success / max(n, 1),
         "reply_tokens": reply_tokens / max(turns, 1),
         "kl": kl / trained,
+        "reverse_kl": reverse_kl / max(teacher_tokens, 1.0),  # per token the teacher scored
+        "teacher_tokens": int(teacher_tokens),
         "clip_fraction": clipped / trained,
         "trained_tokens": int(tokens),
         "sequences": int(sequences),  # fewer than trained turns when turns chain into one

@@ -1,0 +1,136 @@
+"""On-policy distillation's arithmetic: a white-box teacher scores every token the student wrote.
+
+The student samples its own episodes in the environment (the rollouts of ``train/rl.py``);
+the teacher reads the same tokens and gives the log-probability of each token the student
+chose. The per-token advantage is the negative reverse KL on the sampled token,
+``log p_teacher - log p_student``: a token the teacher would also have written costs nothing,
+one it would not is pushed down (Agarwal et al. 2024, "On-policy distillation of language
+models"; Qwen3's report; Thinking Machines' "On-policy distillation"). The environment's
+group-relative reward can be added on top, by a weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trajgym.agents.models import load_student
+from trajgym.errors import ConfigError
+from trajgym.rollouts.config import StudentDtype
+from trajgym.train.masks import Sampled, token_budget_batches
+
+
+class TeacherScoring(BaseModel):
+    """The white-box teacher of on-policy distillation, and how its scores become advantages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="HF model path or id; must share the student's tokenizer.")
+    adapter: Path | None = Field(None, description="A peft adapter on top of the teacher.")
+    dtype: StudentDtype = Field("float32", description="The teacher's weights' dtype.")
+    coef: float = Field(
+        1.0, ge=0, description="Weight of the per-token advantage log p_teacher - log p_student."
+    )
+    reward_coef: float = Field(
+        0.0, ge=0, description="Weight of the environment's group-relative advantage, added on."
+    )
+    micro_batch_tokens: int = Field(
+        4096, ge=64, description="Padded tokens per teacher forward pass (rows x longest)."
+    )
+
+
+def check_same_tokenizer(student: Any, teacher: Any, teacher_name: str) -> None:
+    """Refuse a teacher whose token ids mean other strings than the student's.
+
+    Per-token log-probs compare only if both models read the very same ids.
+    """
+    if student.get_vocab() != teacher.get_vocab():
+        raise ConfigError(
+            f"The teacher '{teacher_name}' does not share the student's tokenizer "
+            f"({len(teacher.get_vocab())} vs {len(student.get_vocab())} tokens, or other ids): "
+            "on-policy distillation scores the student's own token ids. Pick a teacher of the "
+            "same family (e.g. a trajgym-trained checkpoint of the student)."
+        )
+
+
+class LocalTeacher:
+    """A transformers causal LM (plus adapter) that scores token sequences, frozen."""
+
+    def __init__(self, config: TeacherScoring, student_tokenizer: Any, device: str) -> None:
+        self.config = config
+        adapter = str(config.adapter) if config.adapter else None
+        self.model, tokenizer = load_student(config.model, adapter, config.dtype, device)
+        check_same_tokenizer(student_tokenizer, tokenizer, config.model)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def token_logprobs(self, sequences: Sequence[Sampled], temperature: float) -> list[list[float]]:
+        """The teacher's log-prob of each token the student wrote, 0 elsewhere.
+
+        ``lp[i] = log p_teacher(ids[i] | ids[:i])`` where the mask marks token i: aligned
+        with ``Sampled.old_logprobs``.
+        """
+        import torch
+
+        out: list[list[float]] = [[0.0] * len(s.input_ids) for s in sequences]
+        indexed = [(s, i) for i, s in enumerate(sequences)]
+        for group in token_budget_batches(indexed, self.config.micro_batch_tokens):
+            rows = [i for _, i in group]
+            width = max(len(sequences[i].input_ids) for i in rows)
+            ids = torch.zeros((len(rows), width), dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            for r, i in enumerate(rows):
+                n = len(sequences[i].input_ids)
+                ids[r, :n] = torch.tensor(sequences[i].input_ids)
+                attention[r, :n] = 1
+            device = next(self.model.parameters()).device
+            with torch.no_grad():
+                logits = self.model(
+                    input_ids=ids.to(device), attention_mask=attention.to(device)
+                ).logits
+                logp = torch.log_softmax(logits[:, :-1].float() / temperature, -1)
+                chosen = logp.gather(-1, ids[:, 1:, None].to(device)).squeeze(-1).cpu()
+            for r, i in enumerate(rows):
+                mask = sequences[i].assistant_mask
+                for t in range(1, len(mask)):
+                    if mask[t]:
+                        out[i][t] = float(chosen[r, t - 1])
+        return out
+
+
+def distillation_advantages(
+    sampled: Sampled,
+    teacher_logprobs: Sequence[float],
+    coef: float,
+    reward_advantage: float = 0.0,
+    reward_coef: float = 0.0,
+) -> list[float]:
+    """Each token's advantage: the scaled negative reverse KL, plus the reward's share.
+
+    ``coef * (log p_teacher - log p_student) + reward_coef * reward_advantage`` where the
+    student wrote the token, 0 elsewhere; ``log p_student`` is the sampling log-prob recorded
+    at rollout time (the behaviour policy's).
+    """
+    return [
+        coef * (t - s) + reward_coef * reward_advantage if m else 0.0
+        for m, t, s in zip(
+            sampled.assistant_mask, teacher_logprobs, sampled.old_logprobs, strict=True
+        )
+    ]
+
+
+def reverse_kl_sum(sampled: Sampled, teacher_logprobs: Sequence[float]) -> float:
+    """Sum over the student's tokens of ``log p_student - log p_teacher``.
+
+    The sampled estimate of the reverse KL (student || teacher): what distillation drives down.
+    """
+    return sum(
+        s - t
+        for m, t, s in zip(
+            sampled.assistant_mask, teacher_logprobs, sampled.old_logprobs, strict=True
+        )
+        if m
+    )
