@@ -20,3 +20,11 @@ def test_sft_config_loads() -> None:
 
     cfg = load_config(SFTConfig, CONFIGS / "sft.yaml", ["lr=0.001"])
     assert cfg.lora and cfg.lr == 0.001 and cfg.model == "smollm2-135m-instruct"
+
+
+def test_distill_config_loads_with_its_teacher() -> None:
+    from trajgym.train.rl import RLConfig
+
+    cfg = load_config(RLConfig, CONFIGS / "distill.yaml", ["teacher.reward_coef=0.5"])
+    assert cfg.teacher is not None and cfg.teacher.model == "runs/quickstart/rl/model"
+    assert cfg.teacher.reward_coef == 0.5 and cfg.teacher.coef == 1.0
