@@ -45,6 +45,7 @@ def pair(tmp_path_factory) -> tuple[Path, Path]:
     for name in ("student", "teacher"):
         tok.save_pretrained(root / name)
     (root / "text.txt").write_text(texts[0])
+    (root / "data.jsonl").write_text(data.read_text())
     return root / "student", root / "teacher"
 
 
@@ -198,3 +199,78 @@ def test_steps_on_the_loss_raise_what_the_teacher_prefers_and_lower_the_rest(pai
                 (up if a > 0 else down).append(n - o)
     assert up and down
     assert sum(up) / len(up) > 0 > sum(down) / len(down)
+
+
+# Logit distillation ---------------------------------------------------------------------------
+
+
+def test_top_k_kl_is_zero_for_equal_models_and_the_full_kl_at_full_k() -> None:
+    from trajgym.train.distill import top_k_kl
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(7, 50), torch.randn(7, 50) * 3
+    assert float(top_k_kl(teacher, teacher, 5)) == pytest.approx(0.0, abs=1e-6)
+    log_t, log_s = torch.log_softmax(teacher, -1), torch.log_softmax(student, -1)
+    full = float((log_t.exp() * (log_t - log_s)).sum(-1).mean())
+    assert float(top_k_kl(student, teacher, 50)) == pytest.approx(full, rel=1e-4)
+    partial = [float(top_k_kl(student, teacher, k)) for k in (1, 5, 20)]
+    assert 0 < partial[0] <= partial[1] <= partial[2] <= full + 1e-6  # a lower bound, tightening
+
+
+def _sft(pair, out: Path, teacher: Path, weight: float = 0.5, steps: int = 4):
+    from trajgym.train.distill import LogitDistillation
+    from trajgym.train.sft import SFTConfig
+
+    student, _ = pair
+    return SFTConfig(
+        data=[student.parent / "data.jsonl"],
+        model=str(student),
+        output_dir=out,
+        lora=False,
+        lr=3e-3,
+        batch_size=4,
+        max_optimizer_steps=steps,
+        max_length=16384,
+        warmup_ratio=0.0,
+        schedule="constant",
+        distill=LogitDistillation(teacher=str(teacher), top_k=8, weight=weight),
+    )
+
+
+def test_with_the_student_as_its_own_teacher_only_the_cross_entropy_remains(pair) -> None:
+    from trajgym.agents.models import load_student
+    from trajgym.train.distill import LogitDistillation
+    from trajgym.train.sft import assistant_loss, load_examples
+
+    student, _ = pair
+    model, tok = load_student(str(student))
+    config = _sft(pair, Path("unused"), student)
+    ids, labels = load_examples(config, tok)[0]
+    batch = {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+    }
+    plain = float(assistant_loss(model, batch))
+    distill = LogitDistillation(teacher=str(student), top_k=8, weight=0.3)
+    mixed = float(assistant_loss(model, batch, model, distill))
+    assert mixed == pytest.approx(0.7 * plain, rel=1e-5)
+
+
+def test_logit_distillation_pulls_the_student_toward_the_teacher(pair, tmp_path: Path) -> None:
+    """At weight 1 the loss is the KL alone: training lowers it, on the teacher's own data."""
+    from trajgym.train.sft import train as sft
+
+    student, teacher = pair
+    losses = sft(_sft(pair, tmp_path / "kd", teacher, weight=1.0, steps=8))["losses"]
+    assert losses[0] > 0.05 and sum(losses[-2:]) / 2 < 0.7 * sum(losses[:2]) / 2
+
+
+def test_logit_distillation_refuses_a_teacher_with_another_tokenizer(pair, tmp_path: Path) -> None:
+    from trajgym.train.sft import train as sft
+
+    other = tiny_tokenizer(["a completely different corpus of words"] * 20, vocab_size=300)
+    tiny_model(other).save_pretrained(tmp_path / "other")
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ConfigError, match="does not share the student's tokenizer"):
+        sft(_sft(pair, tmp_path / "kd", tmp_path / "other"))

@@ -61,11 +61,9 @@ class LocalTeacher:
 
     def __init__(self, config: TeacherScoring, student_tokenizer: Any, device: str) -> None:
         self.config = config
-        adapter = str(config.adapter) if config.adapter else None
-        self.model, tokenizer = load_student(config.model, adapter, config.dtype, device)
-        check_same_tokenizer(student_tokenizer, tokenizer, config.model)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = load_frozen_teacher(
+            config.model, config.adapter, config.dtype, student_tokenizer, device
+        )
 
     def token_logprobs(self, sequences: Sequence[Sampled], temperature: float) -> list[list[float]]:
         """The teacher's log-prob of each token the student wrote, 0 elsewhere.
@@ -134,3 +132,63 @@ def reverse_kl_sum(sampled: Sampled, teacher_logprobs: Sequence[float]) -> float
         )
         if m
     )
+
+
+# Logit distillation (off-policy, on the teacher's trajectories) ------------------------------
+
+
+class LogitDistillation(BaseModel):
+    """SFT that also matches the teacher's next-token distributions at the assistant tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field(description="HF model path or id; must share the student's tokenizer.")
+    adapter: Path | None = Field(None, description="A peft adapter on top of the teacher.")
+    dtype: StudentDtype = Field("float32", description="The teacher's weights' dtype.")
+    top_k: int = Field(
+        20,
+        ge=1,
+        description="The teacher's k most likely tokens, plus one bucket for the rest of the "
+        "vocabulary: the KL over these k+1 outcomes (a lower bound of the full KL, exact as k "
+        "grows, zero when student and teacher agree).",
+    )
+    weight: float = Field(
+        0.5, ge=0, le=1, description="loss = (1 - weight) * cross-entropy + weight * KL."
+    )
+
+
+def load_frozen_teacher(
+    model: str, adapter: Path | None, dtype: str, student_tokenizer: Any, device: str
+) -> Any:
+    """A teacher model, frozen, after checking it reads the student's token ids."""
+    teacher, tokenizer = load_student(model, str(adapter) if adapter else None, dtype, device)
+    check_same_tokenizer(student_tokenizer, tokenizer, model)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def top_k_kl(student_logits: Any, teacher_logits: Any, k: int) -> Any:
+    """Mean over positions of KL(teacher || student) on the teacher's top k tokens + the rest.
+
+    Both are ``(positions, vocab)``. The rest bucket holds each model's probability outside
+    the teacher's top k, so a student that puts its mass elsewhere is penalised too.
+    """
+    import torch
+
+    log_t = torch.log_softmax(teacher_logits.float(), -1)
+    log_s = torch.log_softmax(student_logits.float(), -1)
+    top_t, index = log_t.topk(min(k, log_t.shape[-1]), -1)
+    top_s = log_s.gather(-1, index)
+    rest_t = _log_rest(top_t)
+    rest_s = _log_rest(top_s)
+    kl = (top_t.exp() * (top_t - top_s)).sum(-1) + rest_t.exp() * (rest_t - rest_s)
+    return kl.mean()
+
+
+def _log_rest(top: Any) -> Any:
+    """log(1 - sum(exp(top))): the log-probability outside the top tokens, kept finite."""
+    import torch
+
+    covered = torch.logsumexp(top, -1).exp().clamp(max=1 - 1e-6)
+    return torch.log1p(-covered)

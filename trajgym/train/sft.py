@@ -8,6 +8,7 @@ Runs on a CPU as is, and under ``accelerate launch`` on several GPUs or machines
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
@@ -33,6 +34,7 @@ from trajgym.train.common import (
     save_final,
     step_progress,
 )
+from trajgym.train.distill import LogitDistillation, load_frozen_teacher, top_k_kl
 from trajgym.train.masks import IGNORE_INDEX, tokenize_with_masks
 
 
@@ -51,6 +53,11 @@ class SFTSettings(ModelTraining):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(4096, ge=16, description="Longer sequences are truncated.")
     bucket_by_length: bool = Field(True, description="Batch sequences of similar length.")
+    distill: LogitDistillation | None = Field(
+        None,
+        description="Logit distillation: also match a white-box teacher's next-token "
+        "distributions at the assistant tokens (KL on its top-k, mixed with cross-entropy).",
+    )
 
 
 class SFTConfig(SFTSettings, TrainingRun):
@@ -161,6 +168,12 @@ def train(config: SFTConfig) -> SFTSummary:
     accelerator = new_accelerator(config.bf16, gradient_accumulation_steps=config.grad_accum)
     model, tokenizer = prepare_model(config, str(accelerator.device))
     examples = load_examples(config, tokenizer)
+    teacher = None
+    if config.distill is not None:
+        d = config.distill
+        teacher = load_frozen_teacher(
+            d.teacher, d.adapter, d.dtype, tokenizer, str(accelerator.device)
+        )
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_epoch = math.ceil(len(examples) / config.batch_size / world)
     per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
@@ -189,7 +202,8 @@ def train(config: SFTConfig) -> SFTSummary:
                     continue  # already trained on before the checkpoint
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.accumulate(model):
-                    loss = assistant_loss(model, batch)
+                    with accelerator.autocast() if teacher else contextlib.nullcontext():
+                        loss = assistant_loss(model, batch, teacher, config.distill)
                     accelerator.backward(loss)
                     optimizer.step()
                     scheduler.step()
@@ -225,11 +239,17 @@ def train(config: SFTConfig) -> SFTSummary:
     return summary
 
 
-def assistant_loss(model: Any, batch: dict[str, Any]) -> Any:
+def assistant_loss(
+    model: Any,
+    batch: dict[str, Any],
+    teacher: Any = None,
+    distill: LogitDistillation | None = None,
+) -> Any:
     """Mean next-token loss over the labelled (assistant) tokens.
 
     The vocabulary projection runs only at the positions that predict a labelled token:
-    system, user and tool tokens never carry loss, so their logits are never computed.
+    system, user and tool tokens never carry loss, so their logits are never computed. With a
+    teacher, the loss mixes in the KL from its next-token distributions at those positions.
     """
     import torch
     import torch.nn.functional as F
@@ -237,9 +257,18 @@ def assistant_loss(model: Any, batch: dict[str, Any]) -> Any:
     targets = batch["labels"][:, 1:]
     keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
     keep[:, :-1] = targets != IGNORE_INDEX
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        logits_to_keep=keep,
-    ).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[keep[:, :-1]])
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "logits_to_keep": keep,
+    }
+    logits = model(**inputs).logits
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    cross_entropy = F.cross_entropy(logits, targets[keep[:, :-1]])
+    if teacher is None or distill is None:
+        return cross_entropy
+    with torch.no_grad():
+        teacher_logits = teacher(**inputs).logits
+    teacher_logits = teacher_logits.reshape(-1, teacher_logits.shape[-1])
+    kl = top_k_kl(logits, teacher_logits, distill.top_k)
+    return (1 - distill.weight) * cross_entropy + distill.weight * kl
