@@ -16,41 +16,50 @@ from trajgym.records.store import read_trajectories
 
 
 @needs_smollm2
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_compare_smoke_trains_a_student_per_source_and_resumes(tmp_path) -> None:
     out = tmp_path / "cmp"
     args = ["compare", "configs/compare.yaml", "--smoke", "--set", f"output_dir={out}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    data = out / "data"
+    data = out / "data" / "b2"
     # Teacher data is verified; the untrained generator's own episodes all fail, so the self
     # source is empty and says so, while on-policy data labels those failed episodes.
-    assert report["available"]["teacher"] == 2 and report["available"]["on_policy"] == 2
-    assert report["available"]["self"] == 0 and "self student" not in report["results"]
+    available = report["available"]
+    assert available["teacher"] == available["on_policy"] == available["logit_kd"] == 2
+    assert available["self"] == 0 and "self student" not in report["results"]
+    assert available["opd"] is None  # it plays its own episodes
     assert "self yielded none" in (out / "report.md").read_text()
-    assert report["matched_budget"] == 2
+    assert report["matched_budget"] == {"2": 2}
     for source in ("teacher", "on_policy"):
-        assert len(list(read_trajectories(data / f"train-{source}.jsonl"))) == 2
-        assert report["data"][source]["trajectories"] == 2
-        assert report["data"][source]["trained_tokens"] > 0
-    labelled = list(read_trajectories(data / "train-on_policy.jsonl"))
+        assert len(list(read_trajectories(data / f"{source}.jsonl"))) == 2
+        assert report["data"][f"{source} student"]["trajectories"] == 2
+        assert report["data"][f"{source} student"]["trained_tokens"] > 0
+    labelled = list(read_trajectories(data / "on_policy.jsonl"))
     assert all(t.labels and t.provenance.kind == "on_policy_teacher" for t in labelled)
+    # DAgger: one demonstration, then one round of one labelled episode of its own student.
+    aggregated = list(read_trajectories(data / "dagger" / "all.jsonl"))
+    assert [t.provenance.kind for t in aggregated] == ["expert", "on_policy_teacher"]
+    compute = report["compute"]
+    assert compute["logit_kd student"]["teacher_scored_tokens"] > 0
+    assert compute["opd student"]["teacher_scored_tokens"] > 0
+    assert compute["opd student"]["episodes"] == compute["sft+rl student"]["episodes"] == 2
+    sft_rl, sft = compute["sft+rl student"], compute["teacher student"]
+    assert sft_rl["trained_tokens"] > sft["trained_tokens"]
+    assert sft_rl["teacher_turns"] == sft["teacher_turns"] > 0
     places = {"test", "ood", "Airline-v0 (held-out domain)"}
-    assert set(report["results"]) == {
-        "teacher",
-        "base student",
-        "teacher student",
-        "on_policy student",
-    }
+    students = {f"{s} student" for s in ("teacher", "logit_kd", "on_policy", "dagger", "opd")}
+    assert set(report["results"]) == {"teacher", "base student", "sft+rl student", *students}
     assert all(set(by_place) == places for by_place in report["results"].values())
     assert report["results"]["teacher"]["test"]["success_rate"] == 1.0
     assert (out / "success.png").stat().st_size
+    assert "test minus ood" in (out / "report.md").read_text()
     # Resuming redoes nothing and reports the same.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads((out / "report.json").read_text())["results"] == report["results"]
-    assert len(list(read_trajectories(data / "self.rollouts.jsonl"))) == 4
+    assert len(list(read_trajectories(out / "data" / "self.rollouts.jsonl"))) == 4
 
 
 def test_a_broken_compare_config_fails_at_load_time() -> None:

@@ -72,6 +72,7 @@ class SFTSummary(TypedDict):
 
     steps: int
     tokens: int
+    loss_tokens: int
     examples: int
     losses: list[float]
     final: str
@@ -182,10 +183,11 @@ def train(config: SFTConfig) -> SFTSummary:
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     scheduler = get_scheduler(config.schedule, optimizer, int(config.warmup_ratio * total), total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    state = load_checkpoint(out, accelerator, {"step": 0, "tokens": 0, "losses": [], "micro": 0})
+    fresh = {"step": 0, "tokens": 0, "loss_tokens": 0, "losses": [], "micro": 0}
+    state = load_checkpoint(out, accelerator, fresh)
     loop_started, tokens_before = time.perf_counter(), state["tokens"]
     losses: list[float] = state["losses"]
-    step, tokens = state["step"], state["tokens"]
+    step, tokens, loss_tokens = state["step"], state["tokens"], state.get("loss_tokens", 0)
     pad = tokenizer.pad_token_id
     progress = step_progress("sft", "loss", accelerator.is_main_process)
     with progress:
@@ -210,11 +212,13 @@ def train(config: SFTConfig) -> SFTSummary:
                     optimizer.zero_grad()
                 micro_losses.append(float(loss.detach()))
                 tokens += int(batch["attention_mask"].sum())
+                loss_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
                 if accelerator.sync_gradients:
                     step += 1
                     losses.append(sum(micro_losses) / len(micro_losses))
                     micro_losses = []
-                    state.update(step=step, tokens=tokens, losses=losses, micro=seen + 1)
+                    state.update(step=step, tokens=tokens, loss_tokens=loss_tokens)
+                    state.update(losses=losses, micro=seen + 1)
                     progress.update(bar, completed=step, loss=f"{losses[-1]:.3f}")
                     if config.save_every and step % config.save_every == 0:
                         save_checkpoint(out, accelerator, state)
@@ -226,6 +230,7 @@ def train(config: SFTConfig) -> SFTSummary:
     summary: SFTSummary = {
         "steps": step,
         "tokens": tokens,
+        "loss_tokens": loss_tokens,  # the assistant's tokens trained on (and a teacher scored)
         "examples": len(examples),
         "losses": losses,
         "final": str(final),
