@@ -274,3 +274,35 @@ def test_logit_distillation_refuses_a_teacher_with_another_tokenizer(pair, tmp_p
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(ConfigError, match="does not share the student's tokenizer"):
         sft(_sft(pair, tmp_path / "kd", tmp_path / "other"))
+
+
+def test_a_teacher_on_a_vllm_style_server_scores_as_the_local_one(pair) -> None:
+    from trajgym.agents.models import load_student
+    from trajgym.agents.remote import ServerConfig
+    from trajgym.testing.token_server import TokenServer
+    from trajgym.train.distill import make_teacher
+
+    student_path, teacher_path = pair
+    _, tok = load_student(str(student_path))
+    teacher_model, teacher_tok = load_student(str(teacher_path))
+    ids = list(range(5, 30))
+    mask = [0] * 10 + [1] * 15
+    sequences = [Sampled(ids, mask, [0.0] * len(ids)), Sampled(ids[:12], mask[:12], [0.0] * 12)]
+    local = make_teacher(TeacherScoring(model=str(teacher_path)), tok, "cpu")
+    expected = local.token_logprobs(sequences, 1.0)
+    with TokenServer(teacher_model, teacher_tok, name="teacher") as server:
+        config = TeacherScoring(server=ServerConfig(base_url=server.base_url, model="teacher"))
+        remote = make_teacher(config, tok, "cpu")
+        scored = remote.token_logprobs(sequences, 1.0)
+        with pytest.raises(ConfigError, match="temperature 1"):
+            remote.token_logprobs(sequences, 0.7)
+        assert any(r.get("prompt_logprobs") == 0 for r in server.requests)
+    for got, want in zip(scored, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+    other = tiny_tokenizer(["a completely different corpus of words"] * 20, vocab_size=300)
+    with TokenServer(tiny_model(other), other, name="other") as server:
+        config = TeacherScoring(server=ServerConfig(base_url=server.base_url, model="other"))
+        with pytest.raises(ConfigError, match="does not share the student's tokenizer"):
+            make_teacher(config, tok, "cpu")
+    with pytest.raises(ValueError, match="exactly one"):
+        TeacherScoring()

@@ -120,3 +120,60 @@ class RemoteBatcher:
             return dict(response.json())
         except ValueError:
             return {}
+
+
+class RemoteScorer:
+    """A teacher on a vLLM server, scoring sequences.
+
+    The log-prob of every token of a sequence as the model read it (vLLM's
+    ``prompt_logprobs``), and the ids its tokenizer gives a text (``/tokenize``).
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        root = config.base_url.rstrip("/").removesuffix("/v1")
+        self._client = httpx.Client(base_url=root + "/", headers=headers, timeout=config.timeout_s)
+        self._post = retry(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(config.retries),
+            wait=wait_exponential(min=0.5, max=20),
+            reraise=True,
+        )(self._post_once)
+
+    def token_logprobs(self, ids: list[int]) -> list[float | None]:
+        """``lp[i] = log p(ids[i] | ids[:i])``; ``lp[0]`` is None (nothing predicts it)."""
+        body = {
+            "model": self.config.model,
+            "prompt": ids,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": 0,  # vLLM: the prompt token's own log-prob (plus top 0)
+        }
+        choice = self._post("v1/completions", body)["choices"][0]
+        try:
+            scored = choice["prompt_logprobs"]
+            out: list[float | None] = [None]
+            for token, entry in zip(ids[1:], scored[1:], strict=True):
+                out.append(float(entry[str(token)]["logprob"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InfrastructureError(
+                "The server did not return prompt log-probs for every token; a vLLM server "
+                f"(which accepts `prompt_logprobs`) is needed ({type(e).__name__}: {e})."
+            ) from None
+        return out
+
+    def tokenize(self, text: str) -> list[int]:
+        """The server tokenizer's ids for ``text`` (vLLM's ``/tokenize``)."""
+        body = {"model": self.config.model, "prompt": text, "add_special_tokens": False}
+        return [int(t) for t in self._post("tokenize", body)["tokens"]]
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._client.close()
+
+    def _post_once(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self._client.post(route, json=body)
+        response.raise_for_status()
+        return dict(response.json())

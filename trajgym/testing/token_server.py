@@ -1,9 +1,11 @@
 """A small vLLM-compatible completions server backed by a local transformers model.
 
-It speaks the part of vLLM's OpenAI-compatible API that remote rollouts use: token-id
-prompts on ``/v1/completions`` answered with ``token_id:N`` tokens and their log-probs, and
+It speaks the part of vLLM's OpenAI-compatible API that remote rollouts and remote teachers
+use: token-id prompts on ``/v1/completions`` answered with ``token_id:N`` tokens and their
+log-probs (and, asked ``prompt_logprobs``, the log-prob of every prompt token as vLLM gives
+it: ``[None, {"<id>": {"logprob", "rank", "decoded_token"}}, ...]``), ``/tokenize``, and
 ``/v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` for LoRA adapters saved on disk. It
-lets the remote path (and its adapter sync) be tested for real on a CPU, without vLLM.
+lets the remote paths (and the adapter sync) be tested for real on a CPU, without vLLM.
 """
 
 from __future__ import annotations
@@ -60,7 +62,30 @@ class TokenServer:
             "token_logprobs": list(g.logprobs),
         }
         choice = {"index": 0, "text": g.text, "logprobs": logprobs, "finish_reason": "stop"}
+        if body.get("prompt_logprobs") is not None:
+            choice["prompt_logprobs"] = self._prompt_logprobs(model, prompt)
         return 200, {"object": "text_completion", "model": body["model"], "choices": [choice]}
+
+    def _prompt_logprobs(self, model: Any, prompt: list[int]) -> list[dict[str, Any] | None]:
+        """Prompt log-probs as vLLM gives them: None first, then each token's and its rank."""
+        import torch
+
+        with self._lock, torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt])).logits[0, :-1].float()
+        logp = torch.log_softmax(logits, -1)
+        out: list[dict[str, Any] | None] = [None]
+        for row, token in zip(logp, prompt[1:], strict=True):
+            lp = float(row[token])
+            rank = int((row > row[token]).sum()) + 1
+            decoded = self.tokenizer.decode([token])
+            out.append({str(token): {"logprob": lp, "rank": rank, "decoded_token": decoded}})
+        return out
+
+    def tokenize(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The tokenizer's ids for a text prompt."""
+        special = bool(body.get("add_special_tokens", True))
+        ids = self.tokenizer(body["prompt"], add_special_tokens=special).input_ids
+        return 200, {"count": len(ids), "max_model_len": 16384, "tokens": list(ids)}
 
     def load_adapter(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Load a peft adapter from disk under a name."""
@@ -84,6 +109,7 @@ class TokenServer:
         server = self
         routes = {
             "/v1/completions": self.complete,
+            "/tokenize": self.tokenize,
             "/v1/load_lora_adapter": self.load_adapter,
             "/v1/unload_lora_adapter": self.unload_adapter,
         }

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trajgym.agents.models import load_student
+from trajgym.agents.remote import RemoteScorer, ServerConfig
 from trajgym.errors import ConfigError
 from trajgym.rollouts.config import StudentDtype
 from trajgym.train.masks import Sampled, token_budget_batches
@@ -28,9 +29,16 @@ class TeacherScoring(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="HF model path or id; must share the student's tokenizer.")
+    model: str | None = Field(
+        None, description="HF model path or id; must share the student's tokenizer."
+    )
     adapter: Path | None = Field(None, description="A peft adapter on top of the teacher.")
     dtype: StudentDtype = Field("float32", description="The teacher's weights' dtype.")
+    server: ServerConfig | None = Field(
+        None,
+        description="Or a teacher on a vLLM server, scoring with prompt_logprobs (at "
+        "temperature 1) instead of a local model.",
+    )
     coef: float = Field(
         1.0, ge=0, description="Weight of the per-token advantage log p_teacher - log p_student."
     )
@@ -40,6 +48,27 @@ class TeacherScoring(BaseModel):
     micro_batch_tokens: int = Field(
         4096, ge=64, description="Padded tokens per teacher forward pass (rows x longest)."
     )
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> TeacherScoring:
+        if (self.model is None) == (self.server is None):
+            raise ValueError("teacher: give exactly one of model (local) or server (vLLM)")
+        return self
+
+
+def make_teacher(config: TeacherScoring, student_tokenizer: Any, device: str) -> Teacher:
+    """The local teacher, or the one on a server."""
+    if config.server is not None:
+        return ServerTeacher(config.server, student_tokenizer)
+    return LocalTeacher(config, student_tokenizer, device)
+
+
+class Teacher(Protocol):
+    """Scores the student's tokens of each sequence."""
+
+    def token_logprobs(self, sequences: Sequence[Sampled], temperature: float) -> list[list[float]]:
+        """The teacher's log-prob of each token the student wrote, 0 elsewhere."""
+        ...
 
 
 def check_same_tokenizer(student: Any, teacher: Any, teacher_name: str) -> None:
@@ -60,6 +89,8 @@ class LocalTeacher:
     """A transformers causal LM (plus adapter) that scores token sequences, frozen."""
 
     def __init__(self, config: TeacherScoring, student_tokenizer: Any, device: str) -> None:
+        if config.model is None:
+            raise ConfigError("A local teacher needs teacher.model.")
         self.config = config
         self.model = load_frozen_teacher(
             config.model, config.adapter, config.dtype, student_tokenizer, device
@@ -96,6 +127,43 @@ class LocalTeacher:
                 for t in range(1, len(mask)):
                     if mask[t]:
                         out[i][t] = float(chosen[r, t - 1])
+        return out
+
+
+PROBE = "<|im_start|>user\nCancel order #W12 please: I ordered it by mistake.<|im_end|>"
+"""A text whose token ids must agree between the student and a server teacher."""
+
+
+class ServerTeacher:
+    """A teacher on a vLLM server: one ``prompt_logprobs`` request per sequence."""
+
+    def __init__(self, server: ServerConfig, student_tokenizer: Any) -> None:
+        self.scorer = RemoteScorer(server)
+        theirs = self.scorer.tokenize(PROBE)
+        ours = list(student_tokenizer(PROBE, add_special_tokens=False).input_ids)
+        if theirs != ours:
+            raise ConfigError(
+                f"The teacher served as '{server.model}' does not share the student's tokenizer "
+                f"(it reads a probe as {theirs[:8]}..., the student as {ours[:8]}...): "
+                "on-policy distillation scores the student's own token ids."
+            )
+
+    def token_logprobs(self, sequences: Sequence[Sampled], temperature: float) -> list[list[float]]:
+        """As :meth:`LocalTeacher.token_logprobs`; the server scores at temperature 1."""
+        if temperature != 1.0:
+            raise ConfigError(
+                "A server teacher scores at temperature 1 (vLLM's prompt_logprobs); sample the "
+                "rollouts at temperature 1 too, or use a local teacher."
+            )
+        out = []
+        for s in sequences:
+            scored = self.scorer.token_logprobs(list(s.input_ids))
+            out.append(
+                [
+                    lp if m and lp is not None else 0.0
+                    for lp, m in zip(scored, s.assistant_mask, strict=True)
+                ]
+            )
         return out
 
 

@@ -44,9 +44,10 @@ from trajgym.train.common import (
     step_progress,
 )
 from trajgym.train.distill import (
-    LocalTeacher,
+    Teacher,
     TeacherScoring,
     distillation_advantages,
+    make_teacher,
     reverse_kl_sum,
 )
 from trajgym.train.grpo import (
@@ -214,7 +215,7 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
     model, tokenizer = prepare_model(config, str(accelerator.device))
     reference = reference_logits(model) if config.kl_coef else None
     teacher = (
-        LocalTeacher(config.teacher, tokenizer, str(accelerator.device)) if config.teacher else None
+        make_teacher(config.teacher, tokenizer, str(accelerator.device)) if config.teacher else None
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -284,7 +285,7 @@ def _scored(
     episodes: list[Episode],
     config: RLConfig,
     extra: Callable[[Trajectory], float] | None,
-    teacher: LocalTeacher | None = None,
+    teacher: Teacher | None = None,
 ) -> tuple[list[float], list[tuple[Sampled, Advantage]], dict[str, float]]:
     """Each episode's reward, the sequences to train on with their advantages, the teacher's.
 
