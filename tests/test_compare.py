@@ -46,7 +46,7 @@ def test_compare_smoke_trains_a_student_per_source_and_resumes(tmp_path) -> None
     assert compute["opd student"]["teacher_scored_tokens"] > 0
     assert compute["opd student"]["episodes"] == compute["sft+rl student"]["episodes"] == 2
     sft_rl, sft = compute["sft+rl student"], compute["teacher student"]
-    assert sft_rl["trained_tokens"] > sft["trained_tokens"]
+    assert sft_rl["trained_tokens"] >= sft["trained_tokens"]  # a group of equal rewards: none
     assert sft_rl["teacher_turns"] == sft["teacher_turns"] > 0
     places = {"test", "ood", "Airline-v0 (held-out domain)"}
     students = {f"{s} student" for s in ("teacher", "logit_kd", "on_policy", "dagger", "opd")}

@@ -77,10 +77,11 @@ def make_student(config: CompareConfig, source: Source, budget: int, pools: Pool
         return Student(rl.trained(), None, compute | _rl_cost(done))
     start = make_student(config, "teacher", budget, pools)  # sft+rl: the teacher student, on
     rl = config.rl_config(folder, start.model, budget, with_teacher=False)
-    done = _rl(rl)
+    cost = _rl_cost(_rl(rl))
     compute = {
         "teacher_turns": start.compute["teacher_turns"],
-        "trained_tokens": start.compute["trained_tokens"] + _rl_cost(done)["trained_tokens"],
+        "trained_tokens": start.compute["trained_tokens"] + cost["trained_tokens"],
+        "episodes": cost["episodes"],
     }
     return Student(rl.trained(), start.data, compute)
 
