@@ -12,6 +12,7 @@ log-probs, so RL trains on exactly what was sampled, with no re-tokenization of 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,25 @@ def _retryable(error: BaseException) -> bool:
     return isinstance(error, httpx.TransportError)
 
 
+def _client(config: ServerConfig, base_url: str) -> httpx.Client:
+    """An HTTP client for the server at ``base_url``, with its key if one is configured."""
+    key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(
+        base_url=base_url.rstrip("/") + "/", headers=headers, timeout=config.timeout_s
+    )
+
+
+def _retrying(config: ServerConfig, post: Callable[[str, dict[str, Any]], dict[str, Any]]) -> Any:
+    """``post`` retried with backoff on 429 / 5xx / connection errors."""
+    return retry(
+        retry=retry_if_exception(_retryable),
+        stop=stop_after_attempt(config.retries),
+        wait=wait_exponential(min=0.5, max=20),
+        reraise=True,
+    )(post)
+
+
 class RemoteBatcher:
     """Generates each submitted prompt on the server; keeps no state but the served name."""
 
@@ -55,17 +75,8 @@ class RemoteBatcher:
         self.config, self.tokenizer = config, tokenizer
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.served = config.model  # the base model, or the adapter last synced
-        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(
-            base_url=config.base_url.rstrip("/") + "/", headers=headers, timeout=config.timeout_s
-        )
-        self._post = retry(
-            retry=retry_if_exception(_retryable),
-            stop=stop_after_attempt(config.retries),
-            wait=wait_exponential(min=0.5, max=20),
-            reraise=True,
-        )(self._post_once)
+        self._client = _client(config, config.base_url)
+        self._post = _retrying(config, self._post_once)
 
     def submit(self, prompt: str, session: str | None = None) -> Generated:
         """Sample a reply to the rendered ``prompt`` (``session`` is the server's business)."""
@@ -131,16 +142,8 @@ class RemoteScorer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        root = config.base_url.rstrip("/").removesuffix("/v1")
-        self._client = httpx.Client(base_url=root + "/", headers=headers, timeout=config.timeout_s)
-        self._post = retry(
-            retry=retry_if_exception(_retryable),
-            stop=stop_after_attempt(config.retries),
-            wait=wait_exponential(min=0.5, max=20),
-            reraise=True,
-        )(self._post_once)
+        self._client = _client(config, config.base_url.rstrip("/").removesuffix("/v1"))
+        self._post = _retrying(config, self._post_once)
 
     def token_logprobs(self, ids: list[int]) -> list[float | None]:
         """``lp[i] = log p(ids[i] | ids[:i])``; ``lp[0]`` is None (nothing predicts it)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,18 +134,17 @@ def _pools(config: CompareConfig, show_progress: bool, lap: Any) -> tuple[Pools,
     harvested = len({t.task_id for t in read_trajectories(rollouts)})
     spec = student(generator, config.rollouts.max_new_tokens, config.rollouts.temperature)
     play = _sampling(config, spec, data / "self.jsonl", "self", harvested, None, largest)
-    free = harvested + config.rollouts.max_tasks
-    pools = Pools(teacher, rollouts, first_free_task=free)
+    pools = replace(pools, first_free_task=harvested + config.rollouts.max_tasks)
     if {"self", "on_policy"} & set(config.sources):
         self_generate(play, show_progress)
-        pools = Pools(teacher, rollouts, play.output, None, free)
+        pools = replace(pools, self_=play.output)
     lap("rollouts_s")
     if "on_policy" in config.sources:
         from trajgym.rollouts.onpolicy import label_file
 
         labels = data / "on_policy.jsonl"
         label_file(play.rollouts_path, labels, config.teacher, largest, show_progress=show_progress)
-        pools = Pools(teacher, rollouts, pools.self_, labels, free)
+        pools = replace(pools, labels=labels)
     lap("labels_s")
     return pools, generator
 

@@ -301,20 +301,15 @@ def _scored(
         rewards = [r + extra(e.trajectory) for r, e in zip(rewards, episodes, strict=True)]
     usable = [e.trajectory.status == "ok" for e in episodes]
     advantages = group_advantages([e.group for e in episodes], rewards, config.scale_rewards)
-    if teacher is None or config.teacher is None:
-        batch: list[tuple[Sampled, Advantage]] = [
-            (s, a)
-            for e, a, ok in zip(episodes, advantages, usable, strict=True)
-            if ok and a != 0.0
-            for s in generated_sequences(e.turns)
-        ]
-        return rewards, batch, {"reverse_kl": 0.0, "teacher_tokens": 0.0}
     rows = [
         (s, a)
         for e, a, ok in zip(episodes, advantages, usable, strict=True)
         if ok
         for s in generated_sequences(e.turns)
     ]
+    if teacher is None or config.teacher is None:
+        batch: list[tuple[Sampled, Advantage]] = [(s, a) for s, a in rows if a != 0.0]
+        return rewards, batch, {"reverse_kl": 0.0, "teacher_tokens": 0.0}
     scores = teacher.token_logprobs([s for s, _ in rows], config.temperature)
     weights = config.teacher
     batch = [
