@@ -359,6 +359,7 @@ def _update(
             else:
                 loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             accelerator.backward(loss)
+            release_freed_memory()  # this micro-batch's activations (shapes vary per batch)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()

@@ -30,6 +30,7 @@ from trajgym.train.common import (
     new_accelerator,
     plot_curves,
     prepare_model,
+    release_freed_memory,
     save_checkpoint,
     save_final,
     step_progress,
@@ -211,6 +212,9 @@ def train(config: SFTConfig) -> SFTSummary:
                     scheduler.step()
                     optimizer.zero_grad()
                 micro_losses.append(float(loss.detach()))
+                # Each batch shape's activations, freed, would otherwise stay in the heap:
+                # the main job's resident set climbed 4.0 -> 7.9 GB over its 120 steps.
+                release_freed_memory()
                 tokens += int(batch["attention_mask"].sum())
                 loss_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
                 if accelerator.sync_gradients:
