@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
-from importlib import resources
 
 import pytest
-import yaml
 
 from trajgym.agents.baselines import DoNothingAgent, RandomToolAgent
 from trajgym.agents.expert import ScriptedExpert
@@ -20,7 +18,6 @@ from trajgym.envs.airline.state import AirlineState
 from trajgym.envs.airline.tasks import OOD_FAMILIES, make_tasks
 from trajgym.envs.airline.tools import AIRLINE_TOOLKIT
 from trajgym.envs.airline.world import make_world
-from trajgym.envs.users.scripted import _SLOT_QUESTIONS
 from trajgym.records.schema import FunctionCall, Message, ToolCall
 from trajgym.rollouts.rollout import rollout
 from trajgym.tools import ToolError
@@ -390,20 +387,6 @@ def test_policy_states_the_rules_the_code_applies() -> None:
         t: [a["basic_economy"], a["economy"], a["business"]] for t, a in FREE_BAGS.items()
     }
     assert "$30 per passenger" in policy and "costs $50" in policy
-
-
-def test_airline_slot_questions_leave_retail_questions_alone() -> None:
-    airline_slots = {
-        "user_id", "reservation_id", "flight_number", "date", "origin", "destination",
-        "cabin", "flight", "passengers", "bags", "insurance",
-    }  # fmt: skip
-    retail = yaml.safe_load(
-        resources.files("trajgym.envs.retail").joinpath("expert.yaml").read_text()
-    )
-    questions = [*retail["slot_names"].values(), *sum(retail["ask_auth"].values(), [])]
-    for question in questions:
-        hits = {s for s, p in _SLOT_QUESTIONS if p.search(question.lower())}
-        assert not hits & airline_slots, (question, hits)
 
 
 def test_tool_schemas_describe_every_argument() -> None:
