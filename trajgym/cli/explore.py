@@ -16,6 +16,10 @@ from trajgym.errors import TrajgymError
 from trajgym.records.schema import Split
 
 AGENTS = ("expert", "nothing", "random")
+TaskFile = Annotated[
+    Path | None,
+    typer.Option("--tasks", help="Play this JSONL task file's tasks instead (checked first)."),
+]
 
 
 def envs() -> None:
@@ -37,10 +41,17 @@ def tasks(
     split: Annotated[str, typer.Option(help="train, test or ood.")] = "train",
     family: Annotated[str | None, typer.Option(help="Only this task family.")] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many tasks.")] = 20,
+    tasks_file: TaskFile = None,
 ) -> None:
-    """List an environment's tasks: id, family, difficulty and the user's opening request."""
+    """List an environment's tasks: id, family, difficulty and the user's opening request.
+
+    With --tasks, a task file's tasks, after checking every one of them (gold actions run
+    cleanly on a fresh state, and the scripted expert solves it).
+    """
     from trajgym.envs import tool_env
 
+    if tasks_file is not None:
+        env_id = _checked_task_file(env_id, tasks_file)
     env = tool_env(env_id, split=split)
     found = [t for t in env.tasks() if family is None or t.family == family]
     table = Table(Column("task id", no_wrap=True), "family", "difficulty", "opening request")
@@ -67,12 +78,15 @@ def rollout(
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Write trajectories as JSONL.")
     ] = None,
+    tasks_file: TaskFile = None,
 ) -> None:
     """Run an agent in an environment and print the conversation (or, with --n, a summary)."""
     from trajgym.envs import make, tasks_of
     from trajgym.rollouts.rollout import rollout as run_episode
     from trajgym.views.render import print_summary, print_trajectory
 
+    if tasks_file is not None:
+        env_id = _checked_task_file(env_id, tasks_file)
     env = make(env_id, split=split)
     if n:
         task_ids: list[str | None] = [t.id for t in tasks_of(env_id, cast(Split, split))[:n]]
@@ -92,6 +106,20 @@ def rollout(
         print_summary(console, results)
     else:
         print_trajectory(console, results[0])
+
+
+def _checked_task_file(env_id: str, path: Path) -> str:
+    """The id a task file plays under, once every task in it checks out."""
+    from trajgym.envs import tasks_of
+    from trajgym.envs.task_files import register_task_file
+    from trajgym.records.schema import SPLITS
+    from trajgym.rollouts.task_check import check_expert_solves
+
+    played = register_task_file(env_id, path)
+    check_expert_solves(played)
+    n = sum(len(tasks_of(played, s)) for s in SPLITS)
+    console.print(f"{path}: {n} tasks check out (gold actions run; the expert solves each).")
+    return played
 
 
 def _make_agent(name: str) -> Agent:

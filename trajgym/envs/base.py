@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Generic, SupportsFloat, TypeVar
 
 import gymnasium
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from trajgym.envs.spaces import ActionSpace, Observation, ObservationSpace
 from trajgym.envs.store import Store
+from trajgym.envs.task_files import load_task_file, register_task_file
 from trajgym.envs.users.base import STOP, User, UserFactory, get_persona, load_personas
 from trajgym.envs.users.scripted import ScriptedUser
 from trajgym.envs.verify import outputs_told, unconfirmed_writes
@@ -38,6 +40,9 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
     version: ClassVar[int]
     toolkit: ClassVar[Toolkit[Any]]
     system_prompt: ClassVar[str]
+    # Whether tasks can come from a file (a domain whose state a task cannot describe, such
+    # as a generated project, says no).
+    accepts_task_files: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -45,7 +50,13 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
         user: UserFactory | str = "scripted",
         persona: str | None = None,
         render_mode: str | None = None,
+        tasks: str | Path | None = None,
     ) -> None:
+        """An env of ``split``; ``tasks``, a JSONL file to play instead of the domain's own.
+
+        A task file is checked now (see :mod:`trajgym.envs.task_files`) and its tasks play
+        under an id of their own. A subclass sets up what ``new_state`` needs before this.
+        """
         if split not in SPLITS:
             raise ConfigError(f"Unknown split '{split}'. Choose one of: {', '.join(SPLITS)}.")
         if persona is not None:
@@ -66,6 +77,16 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
         self.transcript: list[Message] = []
         self._writes: list[tuple[int, str]] = []
         self._done = True
+        self.id = type(self).env_id  # what trajectories record; a task file's own id
+        self._file_tasks: tuple[Task, ...] | None = None
+        if tasks is not None:
+            self._load_task_file(tasks)
+
+    def _load_task_file(self, path: str | Path) -> None:
+        if not self.accepts_task_files:
+            raise ConfigError(f"{self.env_id} cannot play tasks from a file.")
+        self.id = register_task_file(self.env_id, path)
+        self._file_tasks = load_task_file(path, self.env_id, self.id, self.toolkit, self.new_state)
 
     # Domain hooks ----------------------------------------------------------------------------
 
@@ -75,7 +96,10 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
 
     def tasks(self, split: Split | None = None) -> Sequence[Task]:
         """Every task of ``split`` (default: this env's split), in a fixed order."""
-        return self.split_tasks(split or self.split)
+        split = split or self.split
+        if self._file_tasks is not None:
+            return tuple(t for t in self._file_tasks if t.split == split)
+        return self.split_tasks(split)
 
     @abc.abstractmethod
     def new_state(self, task: Task) -> S:
@@ -198,8 +222,8 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
             self._task_index = {t.id: t for t in self.tasks()}
         if task_id not in self._task_index:
             raise UnknownTaskError(
-                f"No task '{task_id}' in {self.env_id} split '{self.split}'. "
-                f"Run `trajgym tasks {self.env_id} --split {self.split}` to list them."
+                f"No task '{task_id}' in {self.id} split '{self.split}'. "
+                f"Run `trajgym tasks {self.id} --split {self.split}` to list them."
             )
         return self._task_index[task_id]
 
@@ -207,6 +231,8 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
         if task_id is not None:
             return self.task_by_id(task_id)
         tasks = self.tasks()
+        if not tasks:
+            raise UnknownTaskError(f"{self.id} has no task in split '{self.split}'.")
         return tasks[int(self.np_random.integers(len(tasks)))]
 
 

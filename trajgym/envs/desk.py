@@ -89,9 +89,9 @@ class DeskEnv(ToolEnv[S], Generic[S], abc.ABC):
     make_tasks: ClassVar[Callable[[Split, int], Sequence[Task]]]
 
     def __init__(self, split: str = "train", world_seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(split=split, **kwargs)
         self.world_seed = world_seed
-        self.world = type(self).build_world(world_seed)
+        self.world = type(self).build_world(world_seed)  # before: a task file's check needs it
+        super().__init__(split=split, **kwargs)
 
     def split_tasks(self, split: Split) -> Sequence[Task]:
         """Every task of ``split`` for this world."""

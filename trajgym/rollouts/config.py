@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from trajgym.envs.task_files import register_task_file
 from trajgym.envs.users.base import get_persona
 from trajgym.llm.client import LLMConfig
 from trajgym.records.schema import Split
@@ -62,6 +63,11 @@ class GenerateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     envs: list[str] = Field(["trajgym/Retail-v1"], description="Environment ids.")
+    tasks: Path | None = Field(
+        None,
+        description="Play this JSONL task file's tasks instead of the env's own (one env; "
+        "each task is checked first: gold actions, and the scripted expert solves it).",
+    )
     split: Split = Field("train", description="Task split.")
     families: list[str] | None = Field(None, description="Only tasks of these families.")
     num_tasks: int | None = Field(None, ge=1, description="First N tasks per env (all if unset).")
@@ -116,6 +122,21 @@ class GenerateConfig(BaseModel):
         for name in self.personas or ():
             get_persona(name)
         return self
+
+    @model_validator(mode="after")
+    def _one_env_for_a_task_file(self) -> GenerateConfig:
+        if self.tasks is not None and len(self.envs) != 1:
+            raise ValueError("a task file ('tasks') is played in exactly one env")
+        return self
+
+    def env_ids(self) -> list[str]:
+        """The ids the run's episodes play under: a task file's own id, or ``envs``.
+
+        Registers the task file's env in this process (each Ray worker calls it too).
+        """
+        if self.tasks is None:
+            return list(self.envs)
+        return [register_task_file(self.envs[0], self.tasks)]
 
     @model_validator(mode="after")
     def _record_or_replay(self) -> GenerateConfig:

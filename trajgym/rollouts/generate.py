@@ -25,6 +25,7 @@ from trajgym.rollouts.config import GenerateConfig
 from trajgym.rollouts.progress import GenerateReport, generation_progress
 from trajgym.rollouts.ray_backend import play_on_ray
 from trajgym.rollouts.runner import EpisodeRunner
+from trajgym.rollouts.task_check import check_expert_solves
 
 
 def plan(config: GenerateConfig) -> list[Key]:
@@ -34,7 +35,10 @@ def plan(config: GenerateConfig) -> list[Key]:
     instead of leaving a tail of long episodes running alone (longest-processing-time first).
     """
     jobs: list[tuple[int, Key]] = []
-    for env_id in config.envs:
+    env_ids = config.env_ids()
+    if config.tasks is not None:
+        check_expert_solves(env_ids[0])  # before any episode: a broken task is not a failure
+    for env_id in env_ids:
         tasks = [
             t
             for t in tasks_of(env_id, config.split)

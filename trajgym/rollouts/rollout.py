@@ -73,7 +73,7 @@ def rollout(
     base.end_episode()
     task = info["task"]
     return Trajectory(
-        env_id=base.env_id,
+        env_id=base.id,
         env_version=base.version,
         task_id=task.id,
         split=base.split,
@@ -125,7 +125,7 @@ def _failed_start(
 ) -> Trajectory:
     """An episode whose simulated user could not even open the conversation."""
     return Trajectory(
-        env_id=base.env_id,
+        env_id=base.id,
         env_version=base.version,
         task_id=task_id or "",
         split=base.split,

@@ -56,7 +56,7 @@ class EpisodeRunner:
         self._local = threading.local()
         # Build each env's world and task list once, here: its threads would otherwise all
         # miss the (unlocked) caches together at their first reset and build them each.
-        for env_id in config.envs:
+        for env_id in config.env_ids():
             tasks_of(env_id, config.split)
         if self.teacher is not None or users is not None:
             import litellm  # noqa: F401  (seconds: before the first episode, not during)

@@ -47,6 +47,7 @@ class WorkspaceEnv(ToolEnv[WorkspaceState]):
     version: ClassVar[int] = 0
     toolkit: ClassVar[Toolkit[Any]] = WORKSPACE_TOOLKIT
     system_prompt: ClassVar[str] = resources.files(__package__).joinpath("policy.md").read_text()
+    accepts_task_files: ClassVar[bool] = False  # a task's project is generated, not written
 
     def __init__(
         self,
