@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import gymnasium
 
+from trajgym.envs.domains import domain_package
 from trajgym.errors import UnknownEnvironmentError
+
+__all__ = ["domain_package", "env_ids", "make", "tasks_of", "tool_env"]
 
 if TYPE_CHECKING:
     from trajgym.envs.base import ToolEnv
@@ -30,13 +32,6 @@ for _id, _entry_point, _steps in _DOMAINS:
 def env_ids() -> list[str]:
     """Every registered trajgym environment id."""
     return sorted(i for i in gymnasium.registry if i.startswith("trajgym/"))
-
-
-def domain_package(env_id: str) -> str:
-    """The package that holds an environment's data files (policy, phrasings, expert words)."""
-    entry_point = str(gymnasium.spec(env_id).entry_point)
-    module = importlib.import_module(entry_point.split(":")[0])
-    return module.__package__ or module.__name__
 
 
 def make(env_id: str, **kwargs: Any) -> gymnasium.Env[Any, Any]:

@@ -12,7 +12,7 @@ import random
 import re
 from collections.abc import Sequence
 
-from trajgym.envs import domain_package
+from trajgym.envs.domains import domain_package
 from trajgym.envs.users.base import STOP, Persona
 from trajgym.envs.users.vocabulary import UserWords, user_words
 from trajgym.records.schema import Message, Task
