@@ -7,14 +7,7 @@ must tell the user. Slot values are in the user's words ('May 20', 'my gift card
 
 from __future__ import annotations
 
-import functools
-import random
-from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any
-
-import yaml
 
 from trajgym.envs.airline.records import (
     CABINS,
@@ -36,24 +29,24 @@ from trajgym.envs.airline.rules import (
     refund_amount,
 )
 from trajgym.envs.airline.world import random_person, shift
-from trajgym.envs.goals import act, phrased_intent
+from trajgym.envs.goals import act
+from trajgym.envs.task_spec import Draw as BaseDraw
+from trajgym.envs.task_spec import Family, phrasings_of
 from trajgym.records.schema import Action, Intent
 
 
-@functools.cache
 def phrasings() -> dict[str, Any]:
     """The user's words: request templates per kind and phrasing set, and slot values."""
-    return yaml.safe_load(resources.files(__package__).joinpath("phrasings.yaml").read_text())
+    return phrasings_of(__package__)
 
 
-@dataclass
-class Draw:
-    """What a family builder draws on: the world, one user, a seeded rng, a phrasing set."""
+class Draw(BaseDraw[World, User]):
+    """A draw over one traveller (the kit's :class:`~trajgym.envs.task_spec.Draw`)."""
 
-    world: World
-    user: User
-    rng: random.Random
-    phrasing: str
+    @property
+    def user(self) -> User:
+        """The traveller the task is about."""
+        return self.entity
 
     def reservations(self) -> list[Reservation]:
         """The user's active reservations."""
@@ -66,17 +59,6 @@ class Draw:
             self.world.flights[flight_key(f.flight_number, f.date)].status
             for f in reservation.flights
         ]
-
-    def intent(
-        self,
-        kind: str,
-        slots: dict[str, str],
-        actions: list[Action],
-        outputs: tuple[str, ...] = (),
-    ) -> Intent:
-        """An intent of family ``kind``, opened with one of its templates."""
-        templates = phrasings()[kind][self.phrasing]
-        return phrased_intent(self.rng, templates, kind, slots, actions, outputs)
 
 
 def _flight_checks(r: Reservation) -> list[Action]:
@@ -322,14 +304,13 @@ def transfer_to_human(d: Draw) -> Intent | None:
     )
 
 
-Builder = Callable[[Draw], "Intent | None"]
-FAMILIES: dict[str, tuple[Builder, int]] = {
-    "flight_status": (flight_status, 1),
-    "transfer_to_human": (transfer_to_human, 1),
-    "policy_refusal_change": (policy_refusal_change, 2),
-    "cancel_reservation": (cancel_reservation, 3),
-    "policy_refusal_cancel": (policy_refusal_cancel, 3),
-    "add_baggage": (add_baggage, 3),
-    "change_cabin": (change_cabin, 4),
-    "book_flight": (book_flight, 5),
+FAMILIES: dict[str, Family[Draw]] = {
+    "flight_status": Family(flight_status, 1),
+    "transfer_to_human": Family(transfer_to_human, 1),
+    "policy_refusal_change": Family(policy_refusal_change, 2),
+    "cancel_reservation": Family(cancel_reservation, 3),
+    "policy_refusal_cancel": Family(policy_refusal_cancel, 3),
+    "add_baggage": Family(add_baggage, 3),
+    "change_cabin": Family(change_cabin, 4),
+    "book_flight": Family(book_flight, 5),
 }

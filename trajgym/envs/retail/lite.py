@@ -8,6 +8,7 @@ delegate to Retail's, so the state they change and its verification are Retail's
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from importlib import resources
 from typing import Any, ClassVar, Literal
@@ -15,15 +16,16 @@ from typing import Any, ClassVar, Literal
 from trajgym.envs.retail import RetailEnv
 from trajgym.envs.retail import tools as retail
 from trajgym.envs.retail.state import RetailState
-from trajgym.envs.retail.tasks import Suite, make_tasks
+from trajgym.envs.retail.tasks import RETAIL_SPEC, make_tasks
 from trajgym.envs.retail.world import Order
 from trajgym.tools import Toolkit, tool
 
 ENV_ID = "trajgym/RetailLite-v0"
-LITE_SUITE = Suite(
-    ENV_ID,
-    families=("order_status", "cancel_pending_order", "transfer_to_human"),
-    ood_families=("multi_intent",),  # status and cancellation chained, in held-out phrasings
+LITE_SPEC = dataclasses.replace(
+    RETAIL_SPEC,
+    env_id=ENV_ID,
+    in_distribution=("order_status", "cancel_pending_order", "transfer_to_human"),
+    held_out=("multi_intent",),  # status and cancellation chained, in held-out phrasings
     combinable=("order_status", "cancel_pending_order"),
 )
 
@@ -93,4 +95,4 @@ class RetailLiteEnv(RetailEnv):
         resources.files(__package__).joinpath("policy_lite.md").read_text()
     )
 
-    make_tasks = staticmethod(functools.partial(make_tasks, suite=LITE_SUITE))
+    make_tasks = staticmethod(functools.partial(make_tasks, spec=LITE_SPEC))

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
 
-import yaml
-
-from trajgym.envs.goals import drawn_tasks, gold_replays, requests_in_prose
+from trajgym.envs.goals import requests_in_prose
 from trajgym.envs.retail.state import RetailState
 from trajgym.envs.retail.tools import RETAIL_TOOLKIT
 from trajgym.envs.retail.world import Customer, Order, World, make_world, random_address
-from trajgym.records.schema import Action, Intent, Split, Task, UserGoal
+from trajgym.envs.task_spec import Draw, Family, Identity, TaskSpec, phrasings_of
+from trajgym.envs.task_spec import make_tasks as draw_tasks
+from trajgym.records.schema import Action, Intent, Split, Task
 
 ENV_ID = "trajgym/Retail-v1"
 _REASONS = ("no longer needed", "ordered by mistake")
@@ -32,41 +29,16 @@ _OUT_OF_SCOPE = (
 )
 
 
-@functools.cache
-def _phrasings() -> dict[str, dict[str, list[str]]]:
-    text = resources.files(__package__).joinpath("phrasings.yaml").read_text()
-    return yaml.safe_load(text)
+class _Draw(Draw[World, Customer]):
+    """A draw over one customer (the kit's :class:`~trajgym.envs.task_spec.Draw`)."""
 
-
-@dataclass
-class _Draw:
-    """What a family builder draws on: the world, one customer, a seeded rng, a phrasing set."""
-
-    world: World
-    customer: Customer
-    rng: random.Random
-    phrasing: str
+    @property
+    def customer(self) -> Customer:
+        return self.entity
 
     def orders(self, *statuses: str) -> list[Order]:
         found = (self.world.orders[o] for o in self.customer.orders)
         return [o for o in found if not statuses or o.status in statuses]
-
-    def request(self, kind: str, **slots: str) -> str:
-        template = self.rng.choice(_phrasings()[kind][self.phrasing])
-        return template.format(**slots)
-
-    def intent(
-        self,
-        family: str,
-        kind: str,
-        slots: dict[str, str],
-        actions: list[Action],
-        outputs: tuple[str, ...] = (),
-    ) -> Intent:
-        request = self.request(kind, **slots)
-        return Intent(
-            kind=family, request=request, slots=slots, actions=tuple(actions), outputs=outputs
-        )
 
 
 def _act(name: str, **arguments: object) -> Action:
@@ -88,7 +60,6 @@ def order_status(d: _Draw) -> Intent | None:
     o = d.rng.choice(orders)
     return d.intent(
         "order_status",
-        "order_status",
         {"order_id": o.order_id},
         [_act("get_order_details", order_id=o.order_id)],
         (o.status,),
@@ -102,7 +73,6 @@ def cancel_pending_order(d: _Draw) -> Intent | None:
         return None
     o, reason = d.rng.choice(orders), d.rng.choice(_REASONS)
     return d.intent(
-        "cancel_pending_order",
         "cancel_pending_order",
         {"order_id": o.order_id, "reason": reason},
         [
@@ -120,7 +90,6 @@ def update_default_address(d: _Draw) -> Intent | None:
     fields = new.model_dump(exclude={"state"}) | {"state_code": new.state}
     return d.intent(
         "update_default_address",
-        "update_default_address",
         {"address": new.spoken()},
         [
             _act("get_user_details", user_id=c.user_id),
@@ -137,7 +106,6 @@ def modify_order_address(d: _Draw) -> Intent | None:
     o, new = d.rng.choice(orders), random_address(d.rng)
     fields = new.model_dump(exclude={"state"}) | {"state_code": new.state}
     return d.intent(
-        "modify_order_address",
         "modify_order_address",
         {"order_id": o.order_id, "address": new.spoken()},
         [
@@ -163,7 +131,6 @@ def return_items(d: _Draw) -> Intent | None:
         "payment": method.spoken(),
     }
     return d.intent(
-        "return_items",
         "return_items",
         slots,
         [
@@ -204,7 +171,6 @@ def _swap(d: _Draw, family: str, status: str, tool: str) -> Intent | None:
     }
     return d.intent(
         family,
-        family,
         slots,
         [
             _act("get_order_details", order_id=o.order_id),
@@ -241,16 +207,14 @@ def policy_refusal(d: _Draw) -> Intent | None:
     o = d.rng.choice(orders)
     kind = "policy_refusal_cancel" if wants_cancel else "policy_refusal_return"
     slots = {"order_id": o.order_id, "items": o.items[0].spoken()}
-    return d.intent(
-        "policy_refusal", kind, slots, [_act("get_order_details", order_id=o.order_id)], (o.status,)
-    )
+    actions = [_act("get_order_details", order_id=o.order_id)]
+    return d.intent("policy_refusal", slots, actions, (o.status,), kind=kind)
 
 
 def transfer_to_human(d: _Draw) -> Intent | None:
     """The user wants something out of scope: authenticate, then transfer."""
     wish = d.rng.choice(_OUT_OF_SCOPE)
     return d.intent(
-        "transfer_to_human",
         "transfer_to_human",
         {"out_of_scope": wish},
         [
@@ -276,7 +240,6 @@ def modify_order_payment(d: _Draw) -> Intent | None:
             method = d.rng.choice(others)
             return d.intent(
                 "modify_order_payment",
-                "modify_order_payment",
                 {"order_id": o.order_id, "payment": method.spoken()},
                 [
                     _act("get_order_details", order_id=o.order_id),
@@ -291,18 +254,17 @@ def modify_order_payment(d: _Draw) -> Intent | None:
     return None
 
 
-_Builder = Callable[[_Draw], "Intent | None"]
-_SINGLE: dict[str, tuple[_Builder, int]] = {
-    "order_status": (order_status, 1),
-    "transfer_to_human": (transfer_to_human, 1),
-    "policy_refusal": (policy_refusal, 2),
-    "cancel_pending_order": (cancel_pending_order, 2),
-    "update_default_address": (update_default_address, 2),
-    "modify_order_address": (modify_order_address, 3),
-    "return_items": (return_items, 3),
-    "exchange_items": (exchange_items, 4),
-    "modify_order_items": (modify_order_items, 4),
-    "modify_order_payment": (modify_order_payment, 3),
+_SINGLE: dict[str, Family[_Draw]] = {
+    "order_status": Family(order_status, 1),
+    "transfer_to_human": Family(transfer_to_human, 1),
+    "policy_refusal": Family(policy_refusal, 2),
+    "cancel_pending_order": Family(cancel_pending_order, 2),
+    "update_default_address": Family(update_default_address, 2),
+    "modify_order_address": Family(modify_order_address, 3),
+    "return_items": Family(return_items, 3),
+    "exchange_items": Family(exchange_items, 4),
+    "modify_order_items": Family(modify_order_items, 4),
+    "modify_order_payment": Family(modify_order_payment, 3),
 }
 _COMBINABLE = (
     "order_status",
@@ -316,93 +278,33 @@ OOD_FAMILIES = ("modify_order_payment", "multi_intent_3")
 FAMILIES = (*[f for f in _SINGLE if f not in OOD_FAMILIES], "multi_intent", *OOD_FAMILIES)
 
 
-@dataclass(frozen=True)
-class Suite:
-    """Which families a Retail-world environment draws its tasks from."""
-
-    env_id: str
-    families: tuple[str, ...]  # in-distribution: train and test
-    ood_families: tuple[str, ...]  # held out for the ood split (which also gets the rest)
-    combinable: tuple[str, ...]  # what multi-intent tasks chain
+def _draw(world: World, user_id: str, rng: random.Random, phrasing: str) -> _Draw:
+    return _Draw(world, world.customers[user_id], rng, phrasing, phrasings_of(__package__))
 
 
-RETAIL_SUITE = Suite(ENV_ID, FAMILIES[: -len(OOD_FAMILIES)], OOD_FAMILIES, _COMBINABLE)
-
-
-def _multi(d: _Draw, n: int, combinable: tuple[str, ...]) -> list[Intent] | None:
-    """Chain ``n`` intents of different families on different orders."""
-    intents: list[Intent] = []
-    used_orders: set[str] = set()
-    for family in d.rng.sample(combinable, k=len(combinable)):
-        intent = _SINGLE[family][0](d)
-        if intent is None or intent.slots.get("order_id") in used_orders:
-            continue
-        if "order_id" in intent.slots:
-            used_orders.add(intent.slots["order_id"])
-        if intents:
-            lead = d.rng.choice(_phrasings()["next_intent"][d.phrasing])
-            intent = intent.model_copy(update={"request": lead.format(request=intent.request)})
-        intents.append(intent)
-        if len(intents) == n:
-            return intents
-    return None
-
-
-def _build(d: _Draw, suite: Suite, family: str, split: Split, index: int) -> Task | None:
-    if family.startswith("multi_intent"):
-        intents = _multi(d, 3 if family.endswith("_3") else 2, suite.combinable)
-        difficulty = 6 if family.endswith("_3") else 5
-    else:
-        builder, difficulty = _SINGLE[family]
-        one = builder(d)
-        intents = [one] if one else None
-    if not intents:
-        return None
+def _identify(d: _Draw) -> Identity | None:
+    """By email if the customer remembers it (70%), else by name and zip (if unique)."""
     c = d.customer
     identity = {"first_name": c.first_name, "last_name": c.last_name, "zip": c.address.zip}
-    remembers_email = d.rng.random() < 0.7 and d.world.user_by_email[c.email] == c.user_id
-    if remembers_email:
+    if d.rng.random() < 0.7 and d.world.user_by_email[c.email] == c.user_id:
         identity["email"] = c.email
-        auth = (_act("find_user_id_by_email", email=c.email),)
-    elif (
-        d.world.user_by_name_zip[(c.first_name.lower(), c.last_name.lower(), c.address.zip)]
-        == c.user_id
+        return identity, (_act("find_user_id_by_email", email=c.email),)
+    if d.world.user_by_name_zip[(c.first_name.lower(), c.last_name.lower(), c.address.zip)] != (
+        c.user_id
     ):
-        auth = (
-            _act(
-                "find_user_id_by_name_zip",
-                first_name=c.first_name,
-                last_name=c.last_name,
-                zip=c.address.zip,
-            ),
-        )
-    else:
         return None
-    goal = UserGoal(
-        identity=identity,
-        intents=tuple(intents),
-        withhold=tuple(
-            sorted(
-                set(identity)
-                | {k for i in intents for k in i.slots if "{" + k + "}" not in i.request}
-            )
-        ),
-        instruction=_instruction(c, identity, intents),
+    auth = _act(
+        "find_user_id_by_name_zip",
+        first_name=c.first_name,
+        last_name=c.last_name,
+        zip=c.address.zip,
     )
-    return Task(
-        id=f"{split}-{family}-{index:05d}",
-        env_id=suite.env_id,
-        split=split,
-        family=family,
-        difficulty=difficulty,
-        goal=goal,
-        auth_actions=auth,
-        phrasing_set=d.phrasing,
-    )
+    return identity, (auth,)
 
 
-def _instruction(c: Customer, identity: dict[str, str], intents: list[Intent]) -> str:
+def _instruction(d: _Draw, identity: dict[str, str], intents: list[Intent]) -> str:
     """The hidden goal in prose, for an LLM playing the user."""
+    c = d.customer
     known = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in identity.items())
     lines = [
         f"You are {c.first_name} {c.last_name}, a customer of an online store. You know: "
@@ -413,22 +315,28 @@ def _instruction(c: Customer, identity: dict[str, str], intents: list[Intent]) -
     return " ".join(lines + requests_in_prose(intents))
 
 
+RETAIL_SPEC: TaskSpec[World, _Draw] = TaskSpec(
+    env_id=ENV_ID,
+    package=__package__,
+    families=_SINGLE,
+    in_distribution=FAMILIES[: -len(OOD_FAMILIES)],
+    held_out=OOD_FAMILIES,
+    entities=lambda world, split: sorted(u for u, c in world.customers.items() if c.split == split),
+    draw=_draw,
+    identify=_identify,
+    instruction=_instruction,
+    toolkit=RETAIL_TOOLKIT,
+    gold_state=RetailState,
+    chains={"multi_intent": (2, 5), "multi_intent_3": (3, 6)},
+    combinable=_COMBINABLE,
+    chain_slot="order_id",
+)
+
+
 @functools.cache
-def make_tasks(split: Split, world_seed: int = 0, suite: Suite = RETAIL_SUITE) -> tuple[Task, ...]:
+def make_tasks(
+    split: Split, world_seed: int = 0, spec: TaskSpec[World, _Draw] = RETAIL_SPEC
+) -> tuple[Task, ...]:
     """All tasks of a split, deterministic for the world (ids are stable within a version)."""
     world = make_world(world_seed)
-    phrasing = "B" if split == "ood" else "A"
-    families = suite.families + (suite.ood_families if split == "ood" else ())
-    customers = sorted(u for u, c in world.customers.items() if c.split == split)
-    return drawn_tasks(
-        world.seed,
-        split,
-        families,
-        customers,
-        2,
-        lambda family, user_id, rng, n: _build(
-            _Draw(world, world.customers[user_id], rng, phrasing), suite, family, split, n
-        ),
-        keep=lambda t: gold_replays(RETAIL_TOOLKIT, RetailState(world), t.gold_actions),
-        fingerprint=lambda t: t.goal.model_dump_json() + str(t.auth_actions),
-    )
+    return draw_tasks(spec, world, world.seed, split)
