@@ -66,8 +66,7 @@ class ScriptedExpert:
     def _script(self) -> Iterator[Message]:
         task = self.context.task
         if task.auth_actions:
-            method = "email" if task.auth_actions[0].name.endswith("email") else "name_zip"
-            yield self._say(self._ask_auth(method))
+            yield self._say(self._ask_auth(task.auth_actions[0].name))
             for action in task.auth_actions:
                 yield self._call(action)
         for intent in task.goal.intents:
@@ -88,7 +87,7 @@ class ScriptedExpert:
         while True:
             yield self._say(self._pick(self.words["anything_else"]))
 
-    def _ask_auth(self, method: str) -> str:
+    def _ask_auth(self, auth_tool: str) -> str:
         """Ask for identity, saying first what the expert will do for the first request.
 
         The plan in the expert's own words is what lets a student trained on them carry the
@@ -98,7 +97,8 @@ class ScriptedExpert:
         plans = self.words.get("plans", {})
         kind = intents[0].kind if intents else ""
         plan = self._pick(plans.get(kind) or plans.get("default") or [""])
-        return self._pick(self.words["ask_auth"][method]).format(plan=plan).strip()
+        # The words are the domain's, per authentication tool (its first gold auth call).
+        return self._pick(self.words["ask_auth"][auth_tool]).format(plan=plan).strip()
 
     def _step(self, intent: Intent, action: Action) -> Message:
         """The call of ``action``; the intent's first look-up says what it is for."""

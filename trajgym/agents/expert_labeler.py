@@ -42,8 +42,7 @@ class ExpertLabeler(ScriptedExpert):
         task = self.context.task
         if task.auth_actions and not self._authenticated():
             if not all(self._heard(str(v)) for a in task.auth_actions for v in _values(a)):
-                method = "email" if task.auth_actions[0].name.endswith("email") else "name_zip"
-                return self._say(self._ask_auth(method))
+                return self._say(self._ask_auth(task.auth_actions[0].name))
             return self._call(next(a for a in task.auth_actions if not self._done(a)))
         for intent in task.goal.intents:
             step = self._intent_step(intent)
