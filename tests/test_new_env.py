@@ -17,7 +17,9 @@ def test_the_skeleton_passes_its_own_tests(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     project = tmp_path / "clinic"
     assert (project / "trajgym_clinic" / "user.yaml").is_file()
-    assert 'clinic/Clinic-v0" = "trajgym_clinic:DeskEnv"' in (project / "pyproject.toml").read_text()
+    assert (
+        'clinic/Clinic-v0" = "trajgym_clinic:DeskEnv"' in (project / "pyproject.toml").read_text()
+    )
     env = {**os.environ, "PYTHONPATH": str(project)}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],

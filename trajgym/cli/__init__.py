@@ -11,7 +11,7 @@ from collections.abc import Callable
 import click
 import typer
 
-from trajgym.cli import data, explore, new_env, sources, train, view
+from trajgym.cli import data, explore, new_env, sources, synthesize, train, view
 from trajgym.cli.common import console
 from trajgym.cli.judge import judge_app
 from trajgym.errors import TrajgymError
@@ -34,6 +34,7 @@ VERBS: dict[str, Callable[..., None]] = {
     "compare": sources.compare,
     "view": view.view,
     "new-env": new_env.new_env,
+    "synthesize": synthesize.synthesize,
 }
 for name, verb in VERBS.items():
     app.command(name)(verb)

@@ -86,7 +86,12 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
         if not self.accepts_task_files:
             raise ConfigError(f"{self.env_id} cannot play tasks from a file.")
         self.id = register_task_file(self.env_id, path)
-        self._file_tasks = load_task_file(path, self.env_id, self.id, self.toolkit, self.new_state)
+        self.use_tasks(load_task_file(path, self.env_id, self.id, self.toolkit, self.new_state))
+
+    def use_tasks(self, tasks: Sequence[Task]) -> None:
+        """Play ``tasks`` (already checked) instead of the domain's own, from now on."""
+        self._file_tasks = tuple(tasks)
+        self._task_index = None
 
     # Domain hooks ----------------------------------------------------------------------------
 

@@ -39,14 +39,15 @@ def outputs_told(outputs: Sequence[str], messages: Sequence[Message]) -> dict[st
         result[output] = False
         for m in messages:
             if m.role == "tool" and not m.text.startswith("Error:"):
-                seen = seen or numeric or _mentions(m.text, output)
-            elif seen and m.role == "assistant" and _mentions(m.text, output):
+                seen = seen or numeric or mentions(m.text, output)
+            elif seen and m.role == "assistant" and mentions(m.text, output):
                 result[output] = True
                 break
     return result
 
 
-def _mentions(text: str, output: str) -> bool:
+def mentions(text: str, output: str) -> bool:
+    """Whether ``text`` says ``output`` (see :func:`outputs_told` for how they match)."""
     if _NUMBER.fullmatch(output):
         value = float(output)
         return any(abs(float(n) - value) < 0.005 for n in _NUMBER.findall(text.replace(",", "")))

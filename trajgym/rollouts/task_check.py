@@ -8,10 +8,13 @@ user who cannot say a fact the expert asks for, a required output no tool shows)
 
 from __future__ import annotations
 
+from typing import Any
+
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.envs import tool_env
+from trajgym.envs.base import ToolEnv
 from trajgym.envs.task_files import MAX_PROBLEMS, TaskFileError
-from trajgym.records.schema import SPLITS, Trajectory
+from trajgym.records.schema import SPLITS, Task, Trajectory
 from trajgym.rollouts.rollout import rollout
 
 
@@ -31,6 +34,16 @@ def unsolved_by_expert(env_id: str) -> list[str]:
         finally:
             env.close()
     return problems
+
+
+def expert_failure(env: ToolEnv[Any], task: Task) -> str | None:
+    """Why the scripted expert fails ``task`` in ``env`` (which then plays only it), or None."""
+    env.use_tasks((task,))
+    try:
+        t = rollout(env, ScriptedExpert(), seed=0, task_id=task.id)
+    except Exception as e:  # the expert (or the user) cannot even play it: a missing slot
+        return f"the scripted expert cannot play it: {type(e).__name__}: {e}"
+    return None if t.reward == 1.0 else _why(t)
 
 
 def check_expert_solves(env_id: str) -> None:
