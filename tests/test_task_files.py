@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gymnasium
 import pytest
 from typer.testing import CliRunner
 
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.cli import app
-from trajgym.envs import make, tasks_of, tool_env
+from trajgym.envs import env_ids, make, tasks_of, tool_env
 from trajgym.envs.task_files import TaskFileError, task_file_env_id
 from trajgym.errors import ConfigError
 from trajgym.records.store import read_trajectories
@@ -50,6 +51,7 @@ def test_a_task_file_plays_under_its_own_id_and_the_expert_solves_it(tmp_path: P
         assert t.reward == 1.0 and t.env_id == env.id, t.verdict
     # Registered: anything that makes an env by id finds the file's tasks.
     assert [t.id for t in tasks_of(env.id, "test")] == [t.id for t in env.tasks()]
+    assert env.id in gymnasium.registry and env.id not in env_ids()  # a domain's, not a domain
 
 
 def test_every_problem_of_a_file_is_reported_with_its_line_task_and_field(tmp_path) -> None:
@@ -67,6 +69,7 @@ def test_every_problem_of_a_file_is_reported_with_its_line_task_and_field(tmp_pa
     )
     with pytest.raises(TaskFileError) as error:
         make(LITE, split="test", tasks=path)
+    assert task_file_env_id(LITE, path) not in gymnasium.registry  # nothing broken registered
     message = str(error.value)
     for expected in (
         f"{path}:2: not JSON",

@@ -53,8 +53,16 @@ register_installed()
 
 
 def env_ids() -> list[str]:
-    """Every registered trajgym environment id: the built-in ones and installed domains."""
-    return sorted(i for i in gymnasium.registry if i.startswith("trajgym/") or i in _installed)
+    """Every trajgym environment id: the built-in ones and installed domains.
+
+    Not the ids task files play under (``trajgym/RetailLite.mine-v0``): they are one
+    domain's env with other tasks, registered by whoever loaded the file.
+    """
+    return sorted(
+        i
+        for i, spec in gymnasium.registry.items()
+        if (i.startswith("trajgym/") or i in _installed) and "tasks" not in spec.kwargs
+    )
 
 
 def make(env_id: str, **kwargs: Any) -> gymnasium.Env[Any, Any]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from trajgym.envs.spaces import ActionSpace, Observation, ObservationSpace
 from trajgym.envs.store import Store
-from trajgym.envs.task_files import load_task_file, register_task_file
+from trajgym.envs.task_files import load_task_file, register_task_file, task_file_env_id
 from trajgym.envs.users.base import STOP, User, UserFactory, get_persona, load_personas
 from trajgym.envs.users.scripted import ScriptedUser
 from trajgym.envs.verify import outputs_told, unconfirmed_writes
@@ -85,8 +85,10 @@ class ToolEnv(gymnasium.Env[Observation, Message], Generic[S], abc.ABC):
     def _load_task_file(self, path: str | Path) -> None:
         if not self.accepts_task_files:
             raise ConfigError(f"{self.env_id} cannot play tasks from a file.")
-        self.id = register_task_file(self.env_id, path)
-        self.use_tasks(load_task_file(path, self.env_id, self.id, self.toolkit, self.new_state))
+        played = task_file_env_id(self.env_id, path)
+        tasks = load_task_file(path, self.env_id, played, self.toolkit, self.new_state)
+        self.id = register_task_file(self.env_id, path)  # once it loads: never a broken env
+        self.use_tasks(tasks)
 
     def use_tasks(self, tasks: Sequence[Task]) -> None:
         """Play ``tasks`` (already checked) instead of the domain's own, from now on."""
