@@ -107,10 +107,7 @@ def load_task_file(
         if not found:
             tasks.append(task)
     if problems:
-        listed = problems[:MAX_PROBLEMS]
-        if len(problems) > MAX_PROBLEMS:
-            listed.append(f"... and {len(problems) - MAX_PROBLEMS} more")
-        raise TaskFileError(f"Task file {path} has problems:\n  " + "\n  ".join(listed))
+        raise TaskFileError(f"Task file {path} has problems:\n  " + listed(problems))
     if not tasks:
         raise TaskFileError(f"Task file {path} holds no task.")
     return tuple(tasks)
@@ -156,15 +153,25 @@ def gold_problems(
             known = ", ".join(toolkit.tools)
             problems.append(f"{field}.name: unknown tool '{action.name}' (tools: {known})")
             continue
-        call = ToolCall(
-            id="gold",
-            function=FunctionCall(name=action.name, arguments=json.dumps(action.arguments)),
-        )
-        outcome = toolkit.call(state, call)
+        outcome = toolkit.call(state, gold_call(action))
         if not outcome.ok:
             error = outcome.message.text
             problems.append(f"{field}: {action.name} fails on a fresh state: {error}")
     return problems
+
+
+def gold_call(action: Action, call_id: str = "gold") -> ToolCall:
+    """A gold action as the tool call a model would send."""
+    arguments = json.dumps(action.arguments)
+    return ToolCall(id=call_id, function=FunctionCall(name=action.name, arguments=arguments))
+
+
+def listed(problems: Sequence[str]) -> str:
+    """Problems one a line, at most ``MAX_PROBLEMS`` of them (the rest counted)."""
+    shown = list(problems[:MAX_PROBLEMS])
+    if len(problems) > MAX_PROBLEMS:
+        shown.append(f"... and {len(problems) - MAX_PROBLEMS} more")
+    return "\n  ".join(shown)
 
 
 def _gold_fields(task: Task) -> Sequence[tuple[str, Action]]:

@@ -19,7 +19,7 @@ reason fed back to the proposer):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,16 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trajgym.envs.base import ToolEnv
 from trajgym.envs.goals import requests_in_prose
+from trajgym.envs.task_files import gold_call
 from trajgym.envs.verify import mentions
 from trajgym.records.schema import (
     SPLITS,
     Action,
-    FunctionCall,
     Intent,
     Message,
     Split,
     Task,
-    ToolCall,
     UserGoal,
 )
 from trajgym.rollouts.task_check import expert_failure
@@ -143,11 +142,7 @@ class Checker:
         shown: list[Message] = []
         for n, action in enumerate(task.gold_actions):
             before = self.env.digest(state)
-            call = ToolCall(
-                id=f"gold_{n}",
-                function=FunctionCall(name=action.name, arguments=json.dumps(action.arguments)),
-            )
-            outcome = self.env.toolkit.call(state, call)
+            outcome = self.env.toolkit.call(state, gold_call(action, f"gold_{n}"))
             if not outcome.ok:
                 return "tool_error", f"{action.name}{action.arguments}: {outcome.message.text}", []
             changed = self.env.digest(state) != before
@@ -224,6 +219,3 @@ def tally(verdicts: Iterable[Verdict]) -> dict[str, int]:
         if v.task is None:
             counts[v.reason_kind] = counts.get(v.reason_kind, 0) + 1
     return dict(sorted(counts.items()))
-
-
-__all__: Sequence[str] = ("Blueprint", "Checker", "Verdict", "as_task", "blueprint_of", "tally")

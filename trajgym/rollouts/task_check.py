@@ -13,7 +13,7 @@ from typing import Any
 from trajgym.agents.expert import ScriptedExpert
 from trajgym.envs import tool_env
 from trajgym.envs.base import ToolEnv
-from trajgym.envs.task_files import MAX_PROBLEMS, TaskFileError
+from trajgym.envs.task_files import TaskFileError, listed
 from trajgym.records.schema import SPLITS, Task, Trajectory
 from trajgym.rollouts.rollout import rollout
 
@@ -50,12 +50,9 @@ def check_expert_solves(env_id: str) -> None:
     """Raise TaskFileError naming every task of ``env_id`` the scripted expert fails."""
     problems = unsolved_by_expert(env_id)
     if problems:
-        listed = problems[:MAX_PROBLEMS]
-        if len(problems) > MAX_PROBLEMS:
-            listed.append(f"... and {len(problems) - MAX_PROBLEMS} more")
         raise TaskFileError(
             f"The scripted expert does not solve {len(problems)} task(s) of {env_id}:\n  "
-            + "\n  ".join(listed)
+            + listed(problems)
         )
 
 
