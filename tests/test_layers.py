@@ -23,6 +23,7 @@ LAYERS = [
     ["rollouts"],
     ["testing"],
     ["train"],
+    ["integrations"],
     ["experiments"],
     ["views"],
     ["cli", "__main__"],
