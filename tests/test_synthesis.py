@@ -195,3 +195,21 @@ def test_a_domain_without_task_files_cannot_synthesize(env_id: str, tmp_path: Pa
     config = SynthesisConfig(env=env_id, llm=LLMConfig(model="openai/x"), output=tmp_path / "t")
     with pytest.raises(ConfigError, match="cannot play tasks from a file"):
         synthesize(config)
+
+
+def test_the_verb_writes_the_tasks_and_says_what_it_kept(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from trajgym.cli import app
+
+    env = tool_env(LITE, split="train")
+    script = Script([json.dumps(_novel(env)), "not a blueprint"])
+    out = tmp_path / "t.jsonl"
+    with FakeOpenAIServer(script) as server:
+        args = ["synthesize", LITE, "--model", "openai/fake", "--api-base", server.base_url,
+                "-n", "2", "--max-retries", "0", "-o", str(out)]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 1
+    assert json.loads(out.with_suffix(".report.json").read_text())["accepted"] == 1
+    assert "acceptance_rate" in result.output and "0.5" in result.output

@@ -35,7 +35,8 @@ def synthesize(
     that `--tasks` plays, with a report of why the rest were rejected.
     """
     from trajgym.llm.client import LLMConfig
-    from trajgym.rollouts.synthesis import SynthesisConfig
+    from trajgym.rollouts.progress import generation_progress
+    from trajgym.rollouts.synthesis import SynthesisConfig, SynthesisReport
     from trajgym.rollouts.synthesis import synthesize as run
 
     llm = {"api_base": api_base, "api_key_env": api_key_env, "max_tokens": max_tokens}
@@ -49,7 +50,14 @@ def synthesize(
         seed=seed,
         output=output,
     )
-    report = run(config)
+    with generation_progress("synthesizing", show=True) as progress:
+        bar = progress.add_task("blueprints", total=n, stats="")
+
+        def advance(report: SynthesisReport) -> None:
+            stats = f"accepted {report.accepted}  proposals {report.proposals}"
+            progress.update(bar, advance=1, stats=stats)
+
+        report = run(config, on_blueprint=advance)
     table = Table("", "value", title=f"synthesis into {output}")
     for key, value in report.as_dict().items():
         if key != "reasons":

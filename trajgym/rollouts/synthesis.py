@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,13 @@ class SynthesisReport:
         }
 
 
-def synthesize(config: SynthesisConfig) -> SynthesisReport:
-    """Run the synthesis; writes the accepted tasks and ``<output>.report.json``."""
+def synthesize(
+    config: SynthesisConfig, on_blueprint: Callable[[SynthesisReport], None] | None = None
+) -> SynthesisReport:
+    """Run the synthesis; writes the accepted tasks and ``<output>.report.json``.
+
+    ``on_blueprint`` sees the report, counted so far, after each blueprint (a progress bar).
+    """
     env = tool_env(config.env, split=config.split)
     if not env.accepts_task_files:
         raise ConfigError(f"{config.env} cannot play tasks from a file, so none are synthesized.")
@@ -104,6 +110,7 @@ def synthesize(config: SynthesisConfig) -> SynthesisReport:
             verdicts.append(verdict)
             if verdict.task is not None:
                 accepted.append(verdict.task)
+                report.accepted = len(accepted)
                 break
             report.reasons.append(f"{n}: {verdict.reason_kind}: {verdict.reason}")
             messages += [
@@ -113,7 +120,8 @@ def synthesize(config: SynthesisConfig) -> SynthesisReport:
             ]  # fmt: skip
         for kind, count in tally(verdicts).items():
             report.rejections[kind] = report.rejections.get(kind, 0) + count
-    report.accepted = len(accepted)
+        if on_blueprint is not None:
+            on_blueprint(report)
     config.output.parent.mkdir(parents=True, exist_ok=True)
     config.output.write_text("".join(t.model_dump_json() + "\n" for t in accepted))
     report_path = config.output.with_suffix(".report.json")
