@@ -11,7 +11,7 @@ from collections.abc import Callable
 import click
 import typer
 
-from trajgym.cli import data, explore, new_env, sources, synthesize, train, view
+from trajgym.cli import data, explore, mcp, new_env, sources, synthesize, train, view
 from trajgym.cli.common import console
 from trajgym.cli.judge import judge_app
 from trajgym.errors import TrajgymError
@@ -35,6 +35,7 @@ VERBS: dict[str, Callable[..., None]] = {
     "view": view.view,
     "new-env": new_env.new_env,
     "synthesize": synthesize.synthesize,
+    "mcp": mcp.mcp,
 }
 for name, verb in VERBS.items():
     app.command(name)(verb)
