@@ -11,7 +11,7 @@ from collections.abc import Callable
 import click
 import typer
 
-from trajgym.cli import data, explore, mcp, new_env, sources, synthesize, train, view
+from trajgym.cli import data, explore, mcp, new_env, serve, sources, synthesize, train, view
 from trajgym.cli.common import console
 from trajgym.cli.judge import judge_app
 from trajgym.errors import TrajgymError
@@ -36,6 +36,7 @@ VERBS: dict[str, Callable[..., None]] = {
     "new-env": new_env.new_env,
     "synthesize": synthesize.synthesize,
     "mcp": mcp.mcp,
+    "serve": serve.serve,
 }
 for name, verb in VERBS.items():
     app.command(name)(verb)
