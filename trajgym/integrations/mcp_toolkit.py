@@ -29,10 +29,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from trajgym.errors import ConfigError, InfrastructureError, TrajgymError
-from trajgym.records.schema import Message, ToolCall
 from trajgym.tools import Toolkit
 from trajgym.tools.base import Tool, ToolError
-from trajgym.tools.toolkit import ToolOutcome
 
 try:
     import mcp.types as types
@@ -87,16 +85,9 @@ class McpTool(Tool[Any]):
     input_schema: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def schema(self) -> dict[str, Any]:
-        """The OpenAI ``{"type": "function", ...}`` schema around the server's input schema."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.input_schema,
-            },
-        }
+    def parameters(self) -> dict[str, Any]:
+        """The server's ``inputSchema``, as it listed it."""
+        return self.input_schema
 
 
 class McpToolkit(Toolkit[Any]):
@@ -112,13 +103,17 @@ class McpToolkit(Toolkit[Any]):
         """Connect to ``server`` and list its tools; an unreachable server is a ConfigError."""
         self.server = McpServerSpec.parse(server) if isinstance(server, str) else server
         self.timeout_s = timeout_s
-        self.history: list[tuple[str, str, bool]] = []  # (tool, arguments, ok) this session
         try:
             self._connection, listed = _Connection.open(self.server, timeout_s)
         except McpUnavailable as e:
             raise ConfigError(f"Cannot open a session with MCP server {self.server}: {e}") from e
         self._finalizer = weakref.finalize(self, _Connection.close, self._connection)
         super().__init__(self._tool(t) for t in listed)
+
+    @property
+    def history(self) -> list[tuple[str, str, bool]]:
+        """The calls of this session: (tool, arguments as JSON, whether it succeeded)."""
+        return self._connection.history
 
     @property
     def connected(self) -> bool:
@@ -133,7 +128,6 @@ class McpToolkit(Toolkit[Any]):
         self.close()
         self._connection, listed = _Connection.open(self.server, self.timeout_s)
         self._finalizer = weakref.finalize(self, _Connection.close, self._connection)
-        self.history = []
         tools = [self._tool(t) for t in listed]
         if tuple(t.schema for t in tools) != self.schemas:
             self.close()
@@ -150,23 +144,6 @@ class McpToolkit(Toolkit[Any]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, state: Any, call: ToolCall) -> ToolOutcome:
-        """Call the server's tool; its errors become ``Error: ...`` tool messages."""
-        name = call.function.name
-        tool = self.tools.get(name)
-        if tool is None:
-            known = ", ".join(self.tools)
-            return self._error(call, f"unknown tool '{_clip(name)}'. Available tools: {known}.")
-        arguments, problem = _arguments(call.function.arguments)
-        if arguments is None:
-            return self._error(call, f"arguments for '{name}' {problem}", tool)
-        text, failed = self._connection.call(name, arguments)
-        self.history.append((name, json.dumps(arguments, sort_keys=True), not failed))
-        if failed:
-            return self._error(call, text.removeprefix("Error: "), tool)
-        message = Message(role="tool", content=text, tool_call_id=call.id, name=name)
-        return ToolOutcome(message, True, tool)
-
     def _tool(self, listed: types.Tool) -> McpTool:
         read_only = listed.annotations is not None and listed.annotations.read_only_hint is True
         return McpTool(
@@ -174,7 +151,7 @@ class McpToolkit(Toolkit[Any]):
             description=listed.description or listed.title or listed.name,
             fn=functools.partial(_run, self._connection, listed.name),
             # The server validates the arguments against its own schema; this model only
-            # carries them (for a direct call, such as a gold action's replay).
+            # carries them to the function.
             args_model=create_model(
                 f"{listed.name}_arguments", __config__=ConfigDict(extra="allow")
             ),
@@ -185,8 +162,9 @@ class McpToolkit(Toolkit[Any]):
 
 
 def _run(connection: _Connection, name: str, state: Any, **arguments: Any) -> str:
-    """A tool's function for a direct call: the result's text, or a ToolError."""
+    """A tool's function: the result's text, or a ToolError (``Toolkit.call``'s tool message)."""
     text, failed = connection.call(name, arguments)
+    connection.history.append((name, json.dumps(arguments, sort_keys=True), not failed))
     if failed:
         raise ToolError(text.removeprefix("Error: "))
     return text
@@ -198,6 +176,7 @@ class _Connection:
     def __init__(self, server: McpServerSpec, timeout_s: float) -> None:
         self.server = server
         self.timeout_s = timeout_s
+        self.history: list[tuple[str, str, bool]] = []  # (tool, arguments, ok), in order
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="mcp-client", daemon=True)
         self.session: ClientSession | None = None
@@ -324,25 +303,8 @@ def _render(result: types.CallToolResult) -> str:
     return "\n".join(parts)
 
 
-def _arguments(raw: str) -> tuple[dict[str, Any] | None, str]:
-    """The model's arguments as a JSON object, or what is wrong with them."""
-    if not raw.strip():
-        return {}, ""
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as e:
-        return None, f"are not valid JSON ({e.msg} at char {e.pos}): {_clip(raw)}"
-    if not isinstance(value, dict):
-        return None, f"must be a JSON object, got {type(value).__name__}: {_clip(raw)}"
-    return value, ""
-
-
 def _describe(error: BaseException) -> str:
     """An exception in a line; an exception group (anyio's) by its first leaf."""
     while getattr(error, "exceptions", None):
         error = error.exceptions[0]  # type: ignore[attr-defined]
     return f"{type(error).__name__}: {error}"
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."

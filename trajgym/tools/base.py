@@ -34,6 +34,11 @@ class Tool(Generic[State]):
     ends_episode: bool
 
     @property
+    def parameters(self) -> dict[str, Any]:
+        """The JSON schema of the arguments (from ``args_model``)."""
+        return _compact_schema(self.args_model.model_json_schema())
+
+    @property
     def schema(self) -> dict[str, Any]:
         """The OpenAI ``{"type": "function", "function": {...}}`` schema."""
         return {
@@ -41,7 +46,7 @@ class Tool(Generic[State]):
             "function": {
                 "name": self.name,
                 "description": self.description,
-                "parameters": _compact_schema(self.args_model.model_json_schema()),
+                "parameters": self.parameters,
             },
         }
 
