@@ -199,13 +199,13 @@ def test_an_idle_session_expires_and_says_so() -> None:
             assert time.monotonic() < deadline, "the idle session never expired"
             await busy.step(TrajgymAction(content="Could you say that again?"))
             await asyncio.sleep(0.05)
-        with pytest.raises(RuntimeError, match="expired after 0.4 s without a reset or step"):
+        with pytest.raises(RuntimeError, match="expired after 1 s without a reset or step"):
             await idle.step(TrajgymAction(content="hello?"))
         await busy.step(TrajgymAction(content="Still there?"))
         await idle.close()
         await busy.close()
 
-    with serving(max_sessions=4, idle_timeout_s=0.4) as served:
+    with serving(max_sessions=4, idle_timeout_s=1.0) as served:  # margin for a busy CI
         asyncio.run(go(served))
 
 
