@@ -257,3 +257,19 @@ def test_gradient_checkpointing_trains_the_same_model(setup, tmp_path: Path, lor
     )
     assert checkpointed["losses"] == pytest.approx(plain["losses"], rel=1e-4)
     assert checkpointed["losses"][-1] < checkpointed["losses"][0]  # gradients do flow through it
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_falls_back_to_fp32_where_it_is_only_emulated(monkeypatch, native: bool) -> None:
+    import warnings
+
+    from trajgym.train import common
+
+    monkeypatch.setattr(common, "bf16_runs_natively", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        accelerator = common.new_accelerator(bf16=True)
+    assert accelerator.mixed_precision == ("bf16" if native else "no")
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert bool(said) is not native and all("trains in fp32" in s for s in said)
+    assert common.new_accelerator(bf16=False).mixed_precision == "no"

@@ -8,6 +8,7 @@ import gc
 import json
 import shutil
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from trajgym.agents.models import DEFAULT_STUDENT, load_student
+from trajgym.agents.models import (
+    BF16_EMULATED,
+    DEFAULT_STUDENT,
+    bf16_runs_natively,
+    load_student,
+)
 
 
 class ModelTraining(BaseModel):
@@ -33,7 +39,11 @@ class ModelTraining(BaseModel):
         description="Module names that get adapters.",
     )
     seed: int = Field(0, description="Shuffling, sampling and initialisation seed.")
-    bf16: bool = Field(False, description="bf16 autocast (GPU, or a CPU with avx512_bf16).")
+    bf16: bool = Field(
+        False,
+        description="bf16 autocast where the machine runs bf16 natively (a GPU, or a CPU with "
+        "avx512_bf16 or AMX); elsewhere the run warns and trains in fp32.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
 
@@ -162,11 +172,19 @@ def new_accelerator(bf16: bool, **kwargs: Any) -> Any:
 
     accelerate keeps its state per process and refuses a second precision; a process that
     trains twice (a pipeline, a comparison, a test suite) starts each run from a fresh state.
-    The process group (``PartialState``) is kept.
+    The process group (``PartialState``) is kept. bf16 on a machine that only emulates it
+    falls back to fp32 (``accelerator.mixed_precision`` says which ran).
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    if bf16 and not bf16_runs_natively():
+        warnings.warn(
+            f"bf16 autocast was asked for, but {BF16_EMULATED}: this run trains in fp32.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        bf16 = False
     AcceleratorState._reset_state()
     return Accelerator(mixed_precision="bf16" if bf16 else "no", **kwargs)
 

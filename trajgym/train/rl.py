@@ -119,6 +119,7 @@ class RLSummary(TypedDict):
     final: str
     history: list[dict[str, Any]]
     loop_s: float
+    precision: str  # what ran: "bf16" or "no" (fp32), whatever the config asked
 
 
 # Rollouts -----------------------------------------------------------------------------------
@@ -274,6 +275,7 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
         "final": str(final),
         "history": history,
         "loop_s": round(time.perf_counter() - started, 2),
+        "precision": str(accelerator.mixed_precision),
     }
     save_final(accelerator, model, tokenizer, out, final, summary)
     del model, optimizer

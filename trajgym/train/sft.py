@@ -79,6 +79,7 @@ class SFTSummary(TypedDict):
     final: str
     loop_s: float
     tokens_per_s: float | None
+    precision: str  # what ran: "bf16" or "no" (fp32), whatever the config asked
 
 
 # Data ---------------------------------------------------------------------------------------
@@ -240,6 +241,7 @@ def train(config: SFTConfig) -> SFTSummary:
         "final": str(final),
         "loop_s": round(loop_s, 3),
         "tokens_per_s": round((tokens - tokens_before) / loop_s, 2) if loop_s else None,
+        "precision": str(accelerator.mixed_precision),
     }
     save_final(accelerator, model, tokenizer, out, final, summary)
     # The accelerator holds the model and optimizer: free them for whatever runs next.
