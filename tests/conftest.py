@@ -28,3 +28,20 @@ def retail_test_env():
     env = make("trajgym/Retail-v1", split="test")
     yield env
     env.close()
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run `trajgym ARGS` in-process through its entry point: (exit code, stdout, stderr)."""
+    import sys
+
+    from trajgym.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["trajgym", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    return run

@@ -52,7 +52,8 @@ def test_summary_of_expert_and_floor(tmp_path) -> None:
 def test_eval_command_writes_metrics(tmp_path) -> None:
     out = tmp_path / "e.jsonl"
     result = CliRunner().invoke(
-        app, ["eval", "--agent", "expert", "--num-tasks", "8", "--k", "2", "-o", str(out)]
+        app,
+        ["eval", "--agent", "expert", "--split", "test", "--num-tasks", "8", "--k", "2", "-o", str(out)],
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.with_suffix(".eval.json").read_text())

@@ -14,7 +14,7 @@ from trajgym.records.schema import Message
 from trajgym.records.store import read_trajectories
 from trajgym.rollouts.config import GenerateConfig
 from trajgym.rollouts.generate import generate
-from trajgym.train.export import ExportFilter, export
+from trajgym.train.export import ExportError, ExportFilter, export
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +65,9 @@ def test_filters(store: Path, tmp_path: Path) -> None:
     assert export([store], tmp_path / "c.jsonl", "openai", ExportFilter(splits=["ood"])) == {
         "ood": 6
     }
-    assert (
-        export([store], tmp_path / "d.jsonl", "openai", ExportFilter(provenance=["teacher"])) == {}
-    )
+    with pytest.raises(ExportError, match="None of the 38 trajectories passes the filters"):
+        export([store], tmp_path / "d.jsonl", "openai", ExportFilter(provenance=["teacher"]))
+    assert not (tmp_path / "d.jsonl").exists()
 
 
 def test_openai_and_sharegpt_rows(store: Path, tmp_path: Path) -> None:

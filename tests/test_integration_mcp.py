@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from trajgym.agents.base import EpisodeContext
 from trajgym.cli import app
 from trajgym.envs import tool_env
-from trajgym.errors import ConfigError, TrajgymError, UnknownEnvironmentError
+from trajgym.errors import TrajgymError, UnknownEnvironmentError
 from trajgym.integrations import mcp_server
 from trajgym.integrations.mcp_domain import McpDomainEnv
 from trajgym.integrations.mcp_server import EpisodeSettings, http_app
@@ -195,7 +195,7 @@ def test_the_mcp_verb_explains_what_to_fix(monkeypatch) -> None:
     assert isinstance(unknown.exception, UnknownEnvironmentError)
     assert "Did you mean 'trajgym/RetailLite-v0'" in str(unknown.exception)
     transport = runner.invoke(app, ["mcp", ENV, "--transport", "sse"])
-    assert isinstance(transport.exception, ConfigError)
+    assert transport.exit_code == 2 and "'sse' is not one of 'stdio', 'http'" in transport.output
     monkeypatch.setitem(sys.modules, "mcp", None)  # the extra is not installed
     monkeypatch.delitem(sys.modules, "trajgym.integrations.mcp_server")
     missing = runner.invoke(app, ["mcp", ENV])

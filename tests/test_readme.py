@@ -13,12 +13,12 @@ from pathlib import Path
 README = Path(__file__).parents[1] / "README.md"
 
 
-def test_readme_python_example_runs(capsys) -> None:
+def test_readme_python_example_runs(capfd) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
-    assert "reward" not in capsys.readouterr().err
+    assert "reward" not in capfd.readouterr().err
 
 
 def test_readme_snippets_compile() -> None:

@@ -206,20 +206,19 @@ def test_cli_writes_one_page(files: list[Path], tmp_path: Path) -> None:
     assert len(_embedded(out.read_text())["trajectories"]) == 4
 
 
-def test_cli_malformed_file_is_a_clear_error(files: list[Path], tmp_path: Path) -> None:
+def test_cli_malformed_file_is_a_clear_error(files: list[Path], tmp_path: Path, cli) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text(files[0].read_text().splitlines()[0] + '\n{"env_id": "x"}\n')
-    result = CliRunner().invoke(_cli(), ["view", str(bad), "-o", str(tmp_path / "r.html")])
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
-    assert f"error: {bad}:2 is not a trajgym trajectory" in result.output
-    assert "Traceback" not in result.output and not (tmp_path / "r.html").exists()
-    missing = CliRunner().invoke(_cli(), ["view", str(tmp_path / "nope.jsonl")])
-    assert missing.exit_code == 1 and "No such file" in missing.output
+    code, out, err = cli("view", str(bad), "-o", str(tmp_path / "r.html"))
+    assert code == 2 and f"error: {bad}:2 is not a trajgym trajectory" in err
+    assert "Traceback" not in out + err and not (tmp_path / "r.html").exists()
+    code, out, err = cli("view", str(tmp_path / "nope.jsonl"))
+    assert code == 2 and "No such file" in err
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00")
     for name, says in (("empty.jsonl", "No trajectories in"), ("binary.jsonl", "Cannot read")):
-        result = CliRunner().invoke(_cli(), ["view", str(tmp_path / name)])
-        assert result.exit_code == 1 and says in result.output and "Traceback" not in result.output
+        code, out, err = cli("view", str(tmp_path / name))
+        assert code == 2 and says in err and "Traceback" not in out + err
 
 
 # The page in a browser -------------------------------------------------------------------

@@ -29,10 +29,12 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"Config file '{path}' does not exist.")
+        if not path.is_file():
+            what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"Config file '{path}' {what}.")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            with path.open() as f:  # PyYAML's message then names the file, not "<unicode string>"
+                loaded = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"Config file '{path}' is not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
@@ -43,7 +45,11 @@ def load_config(
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"Override '{item}' must look like key=value (e.g. split=test).")
-        _set(data, key.strip().split("."), yaml.safe_load(raw) if raw else "")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Override '{item}': its value is not valid YAML: {e}") from None
+        _set(data, key.strip().split("."), value)
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
-from rich.table import Table
 
-from trajgym.cli.common import console
+from trajgym.cli import common
+from trajgym.cli.common import console, generation_table
 from trajgym.cli.options import Overrides, config_options
-from trajgym.errors import TrajgymError
+from trajgym.errors import ConfigError
 from trajgym.rollouts.config import GenerateConfig
+
+Format = Literal["hf", "openai", "sharegpt"]
 
 ConfigFile = Annotated[str | None, typer.Argument(help="YAML config (GenerateConfig).")]
 GENERATE_ALIASES = {
@@ -32,7 +34,10 @@ def generate(
     api_base: Annotated[
         str | None, typer.Option(help="OpenAI-compatible base URL of the agent's model.")
     ] = None,
-    tool_mode: Annotated[str | None, typer.Option(help="native or text.")] = None,
+    tool_mode: Annotated[
+        Literal["native", "text"] | None,
+        typer.Option(help="How the agent's model calls tools: the API's tool calls, or text."),
+    ] = None,
     user_model: Annotated[
         str | None, typer.Option(help="litellm model playing the user (default: scripted).")
     ] = None,
@@ -60,13 +65,17 @@ def generate(
         overrides += ["user.kind=litellm", f"user.llm.model={user_model}"]
     cfg = load_config(GenerateConfig, config, [*overrides, *(set_ or [])], flags)
     report = run_generation(cfg, show_progress=True)
-    table = Table("", "value", title=f"generation into {cfg.output}")
-    for key, value in report.as_dict().items():
-        table.add_row(key, str(value))
-    console.print(table)
+    console.print(generation_table(report, cfg.output))
 
 
-@config_options(GenerateConfig, aliases={"samples_per_task": "--k", "output": "-o"})
+EVAL_OUTPUT = "runs/eval/trajectories.jsonl"
+
+
+@config_options(
+    GenerateConfig,
+    aliases={"samples_per_task": "--k", "output": "-o", "envs": "--env"},
+    shown_defaults={"split": "none, name one (or a config's)", "output": EVAL_OUTPUT},
+)
 def evaluate(
     config: ConfigFile = None,
     set_: Overrides = None,
@@ -80,29 +89,41 @@ def evaluate(
 ) -> None:
     """Evaluate an agent in an environment: success (95% CI), pass@k, pass^k, breakdowns.
 
-    Every option below `--adapter` is a GenerateConfig field (without a config file, split
-    defaults to test and output to runs/eval/trajectories.jsonl). The trajectories are kept
-    (resumable, like generate); the metrics go to <output>.eval.json.
+    Every option below `--adapter` is a GenerateConfig field. Evaluation names its split
+    (--split test, ood or train, or a config file's): a result must say what it measured.
+    The trajectories are kept (resumable, like generate); the metrics go to
+    <output>.eval.json.
     """
     from trajgym.config import load_config
     from trajgym.records.store import read_trajectories
     from trajgym.rollouts.generate import generate as run_generation
+    from trajgym.rollouts.generate import plan
     from trajgym.train.evaluate import summarize
 
-    # A flag given wins over the config file; without a file, evaluation defaults apply.
-    defaults = {} if config else {"split": "test", "output": "runs/eval/trajectories.jsonl"}
+    given = config or "split" in flags or any(s.startswith("split=") for s in set_ or [])
+    if not given:
+        raise ConfigError(
+            "Say which split to evaluate on: --split test (held-out tasks), --split ood "
+            "(held-out phrasings and families) or --split train."
+        )
+    # A flag given wins over the config file; without a file, evaluation's output applies.
+    defaults = {} if config else {"output": EVAL_OUTPUT}
     nested = {"agent.kind": agent, "agent.student": student, "agent.adapter": adapter}
     overrides = [f"{key}={value}" for key, value in nested.items() if value is not None]
     cfg = load_config(GenerateConfig, config, [*overrides, *(set_ or [])], defaults | flags)
-    run_generation(cfg, show_progress=True)
-    metrics = summarize(read_trajectories(cfg.output), cfg.samples_per_task)
+    report = run_generation(cfg, show_progress=True)
+    if not report.stored["episodes"]:
+        raise ConfigError(f"No episodes to evaluate in {cfg.output}.")
+    planned = set(plan(cfg))  # the store may hold other runs' episodes: measure this one's
+    played = (t for t in read_trajectories(cfg.output) if t.key in planned)
+    metrics = summarize(played, cfg.samples_per_task)
     cfg.output.with_suffix(".eval.json").write_text(json.dumps(metrics.as_json(), indent=1))
-    table = Table("metric", "value", title=f"{cfg.agent.kind} on {cfg.split}")
+    table = common.table("metric", "value", title=f"{cfg.agent.kind} on {cfg.split}")
     for key, value in metrics.as_json().items():
         if not key.startswith("by_"):
             table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     console.print(table)
-    families = Table("family", "episodes", "success")
+    families = common.table("family", "episodes", "success")
     for family, row in metrics.by_family.items():
         families.add_row(family, str(row.episodes), f"{row.success_rate:.0%}")
     console.print(families)
@@ -111,26 +132,28 @@ def evaluate(
 def export(
     inputs: Annotated[list[str], typer.Argument(help="Trajectory JSONL files.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output file or folder.")],
-    fmt: Annotated[str, typer.Option("--format", help="hf, openai or sharegpt.")] = "hf",
+    fmt: Annotated[
+        Format, typer.Option("--format", help="A datasets folder, or JSONL for OpenAI or ShareGPT.")
+    ] = "hf",
     split: Annotated[list[str] | None, typer.Option(help="Keep this split (repeatable).")] = None,
     provenance: Annotated[
         list[str] | None, typer.Option(help="Keep this provenance kind (repeatable).")
     ] = None,
     min_reward: Annotated[float | None, typer.Option(help="Keep rewards >= this.")] = None,
-    status: Annotated[str, typer.Option(help="Keep this status: ok, error or any.")] = "ok",
+    status: Annotated[
+        Literal["ok", "error", "any"], typer.Option(help="Keep this status.")
+    ] = "ok",
 ) -> None:
     """Export trajectories for training: a HF dataset, OpenAI fine-tuning JSONL, or ShareGPT."""
     from trajgym.train.export import ExportFilter
     from trajgym.train.export import export as run_export
 
-    if fmt not in ("hf", "openai", "sharegpt"):
-        raise TrajgymError(f"Unknown format '{fmt}'. Choose hf, openai or sharegpt.")
     keep = ExportFilter(
         splits=split,
         provenance=provenance,
         min_reward=min_reward,
         status=None if status == "any" else [status],
     )
-    counts = run_export(inputs, output, fmt, keep)  # type: ignore[arg-type]
+    counts = run_export(inputs, output, fmt, keep)
     total = sum(counts.values())
     console.print(f"exported {total} trajectories to {output} ({fmt}); by split: {counts}")

@@ -5,17 +5,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated, Literal, cast
 
 import typer
-from rich.table import Column, Table
+from rich.table import Column
 
 from trajgym.agents.base import Agent
-from trajgym.cli.common import console
+from trajgym.cli import common
+from trajgym.cli.common import SPLIT_HELP, console
 from trajgym.errors import TrajgymError
-from trajgym.records.schema import Split
+from trajgym.records.schema import SPLITS, Split
 
 AGENTS = ("expert", "nothing", "random")
+AgentName = Literal["expert", "nothing", "random"]
 TaskFile = Annotated[
     Path | None,
     typer.Option("--tasks", help="Play this JSONL task file's tasks instead (checked first)."),
@@ -27,7 +29,7 @@ def envs() -> None:
     from trajgym.envs import env_ids, tool_env
     from trajgym.records.schema import SPLITS
 
-    table = Table("environment", *SPLITS, "tools")
+    table = common.table("environment", *SPLITS, "tools")
     for env_id in env_ids():
         env = tool_env(env_id)
         counts = [str(len(env.tasks(s))) for s in SPLITS]
@@ -38,7 +40,7 @@ def envs() -> None:
 
 def tasks(
     env_id: Annotated[str, typer.Argument(help="Environment id, e.g. trajgym/Retail-v1.")],
-    split: Annotated[str, typer.Option(help="train, test or ood.")] = "train",
+    split: Annotated[Split, typer.Option(help=SPLIT_HELP)] = "train",
     family: Annotated[str | None, typer.Option(help="Only this task family.")] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many tasks.")] = 20,
     tasks_file: TaskFile = None,
@@ -54,7 +56,9 @@ def tasks(
         env_id = _checked_task_file(env_id, tasks_file)
     env = tool_env(env_id, split=split)
     found = [t for t in env.tasks() if family is None or t.family == family]
-    table = Table(Column("task id", no_wrap=True), "family", "difficulty", "opening request")
+    table = common.table(
+        Column("task id", no_wrap=True), "family", "difficulty", "opening request"
+    )
     for task in found[:limit]:
         table.add_row(task.id, task.family, str(task.difficulty), task.goal.intents[0].request)
     console.print(table)
@@ -67,11 +71,15 @@ def tasks(
 
 def rollout(
     env_id: Annotated[str, typer.Argument(help="Environment id, e.g. trajgym/Retail-v1.")],
-    agent: Annotated[str, typer.Option(help=f"One of: {', '.join(AGENTS)}.")] = "expert",
+    agent: Annotated[
+        AgentName, typer.Option(help="The scripted expert, or a floor baseline.")
+    ] = "expert",
     task: Annotated[
         str | None, typer.Option(help="Task id (default: drawn from the seed).")
     ] = None,
-    split: Annotated[str, typer.Option(help="train, test or ood.")] = "test",
+    split: Annotated[
+        Split | None, typer.Option(help=f"{SPLIT_HELP} With --task: the task's own split.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Episode seed.")] = 0,
     persona: Annotated[str | None, typer.Option(help="Simulated user persona.")] = None,
     n: Annotated[int, typer.Option(help="Run the first N tasks of the split and summarise.")] = 0,
@@ -87,9 +95,10 @@ def rollout(
 
     if tasks_file is not None:
         env_id = _checked_task_file(env_id, tasks_file)
+    split = split or _split_of(task) or "train"
     env = make(env_id, split=split)
     if n:
-        task_ids: list[str | None] = [t.id for t in tasks_of(env_id, cast(Split, split))[:n]]
+        task_ids: list[str | None] = [t.id for t in tasks_of(env_id, split)[:n]]
     else:
         task_ids = [task] if task else [None]
     results = []
@@ -106,6 +115,12 @@ def rollout(
         print_summary(console, results)
     else:
         print_trajectory(console, results[0])
+
+
+def _split_of(task_id: str | None) -> Split | None:
+    """The split a task id names (ids start with it: test-cancel_pending_order-00003)."""
+    prefix = (task_id or "").split("-", 1)[0]
+    return cast(Split, prefix) if prefix in SPLITS else None
 
 
 def _checked_task_file(env_id: str, path: Path) -> str:

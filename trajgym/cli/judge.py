@@ -7,16 +7,13 @@ model does, configured like every other model call (``--config configs/judge.yam
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from trajgym.errors import TrajgymError
+from trajgym.cli import common
+from trajgym.cli.common import console
 
 if TYPE_CHECKING:
     from trajgym.judges.calibration import JudgeConfig
@@ -27,12 +24,12 @@ judge_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
 
 Model = Annotated[
     str | None,
     typer.Option(
-        help="litellm model of the LLM judge, e.g. openai/gpt-4o-mini [default: embedded]."
+        help="litellm model of the LLM judge, e.g. openai/gpt-4o-mini.  "
+        "[default: the embedded judge]"
     ),
 ]
 ApiBase = Annotated[str | None, typer.Option(help="Base URL of an OpenAI-compatible server.")]
@@ -58,9 +55,8 @@ def grade(
     """Grade every trajectory of INPUT and write it, verdict attached, to OUTPUT (resumable)."""
     from trajgym.judges.calibration import grade_file
 
-    with _user_errors():
-        cfg, judge = _judge(config, model, api_base, api_key_env, concurrency)
-        counts = grade_file(input, output, judge, cfg.concurrency, show_progress=True)
+    cfg, judge = _judge(config, model, api_base, api_key_env, concurrency)
+    counts = grade_file(input, output, judge, cfg.concurrency, show_progress=True)
     console.print(
         f"graded {counts['graded']} with {judge.name} ({counts['skipped']} already in {output}): "
         f"pass {counts['passed']}, fail {counts['failed']}, error {counts['errors']}; "
@@ -76,7 +72,8 @@ def calibrate(
         typer.Option("--output", "-o", help="Report: writes both .json and .md beside each other."),
     ] = None,
     group_by: Annotated[
-        str, typer.Option(help="'source' (the file) or 'provenance' (kind:agent:model).")
+        Literal["source", "provenance"],
+        typer.Option(help="'source' (the file) or 'provenance' (kind:agent:model)."),
     ] = "source",
     model: Model = None,
     api_base: ApiBase = None,
@@ -91,27 +88,24 @@ def calibrate(
     from trajgym.judges.calibration import calibrate as run_calibration
     from trajgym.judges.calibration import load_file
 
-    with _user_errors():
-        if group_by not in ("source", "provenance"):
-            raise TrajgymError(f"Unknown --group-by '{group_by}'. Choose source or provenance.")
-        cfg, judge = _judge(config, model, api_base, api_key_env, concurrency)
-        trajectories, sources = [], []
-        labels = source_labels(inputs)
-        for path in inputs:
-            found = load_file(path)
-            trajectories += found
-            sources += [labels[path]] * len(found)
-        report = run_calibration(
-            trajectories,
-            None if recorded else judge,
-            groups=sources if group_by == "source" else None,
-            concurrency=cfg.concurrency,
-            resamples=resamples,
-            seed=seed,
-            show_progress=True,
-        )
+    cfg, judge = _judge(config, model, api_base, api_key_env, concurrency)
+    trajectories, sources = [], []
+    labels = source_labels(inputs)
+    for path in inputs:
+        found = load_file(path)
+        trajectories += found
+        sources += [labels[path]] * len(found)
+    report = run_calibration(
+        trajectories,
+        None if recorded else judge,
+        groups=sources if group_by == "source" else None,
+        concurrency=cfg.concurrency,
+        resamples=resamples,
+        seed=seed,
+        show_progress=True,
+    )
     report["sources"] = {label: str(path) for path, label in labels.items()}
-    table = Table(*REPORT_COLUMNS, title="judge vs verification (95% bootstrap CIs)")
+    table = common.table(*TERMINAL_COLUMNS, title="judge vs verification (95% bootstrap CIs)")
     for row in report_rows(report):
         table.add_row(*row)
     console.print(table)
@@ -128,7 +122,8 @@ def filter_(
     input: Annotated[Path, typer.Argument(help="Trajectories JSONL.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Kept trajectories JSONL.")],
     keep: Annotated[
-        str, typer.Option(help="verified (reward 1), judge (judge passed) or both.")
+        Literal["verified", "judge", "both"],
+        typer.Option(help="verified (reward 1), judge (judge passed) or both."),
     ] = "both",
     model: Model = None,
     api_base: ApiBase = None,
@@ -140,37 +135,20 @@ def filter_(
     """Keep trajectories by verification, judge, or both; counts go to <output>.filter.json."""
     from trajgym.judges.calibration import filter_trajectories, load_file
 
-    with _user_errors():
-        if keep not in ("verified", "judge", "both"):
-            raise TrajgymError(f"Unknown --keep '{keep}'. Choose verified, judge or both.")
-        cfg, judge = _judge(config, model, api_base, api_key_env, concurrency)
-        summary = filter_trajectories(
-            load_file(input),
-            output,
-            keep,  # type: ignore[arg-type]
-            None if recorded else judge,
-            cfg.concurrency,
-            show_progress=True,
-        )
+    cfg, judge = _judge(config, model, api_base, api_key_env, concurrency)
+    summary = filter_trajectories(
+        load_file(input),
+        output,
+        keep,
+        None if recorded else judge,
+        cfg.concurrency,
+        show_progress=True,
+    )
     dropped = ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in summary["dropped"].items())
     console.print(
         f"kept {summary['kept']} of {summary['input']} in {output} (dropped: {dropped}); "
         f"counts in {output.with_suffix('.filter.json')}"
     )
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """A user error becomes a one-line message and exit code 2, as in ``trajgym.cli``.
-
-    SystemExit rather than ``typer.Exit``: under ``trajgym.cli.main`` (standalone_mode=False)
-    click returns an Exit's code instead of exiting with it, which would exit 0.
-    """
-    try:
-        yield
-    except TrajgymError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        raise SystemExit(2) from None
 
 
 def _judge(
@@ -210,6 +188,17 @@ REPORT_COLUMNS = (
     "kappa",
     "false accept",
     "false reject",
+)
+# The same columns, named to wrap at spaces within 80 terminal columns.
+TERMINAL_COLUMNS = (
+    "group",
+    "n",
+    "excl.",
+    "pass/ fail",
+    "agree- ment",
+    "kappa",
+    "false acc.",
+    "false rej.",
 )
 
 

@@ -18,6 +18,9 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 
 import typer
 from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from trajgym.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 _PREFIX = "field__"
@@ -31,11 +34,14 @@ def config_options(
     model: type[BaseModel],
     skip: Sequence[str] = (),
     aliases: Mapping[str, str] = {},  # noqa: B006 (read only)
+    shown_defaults: Mapping[str, str] = {},  # noqa: B006 (read only)
 ) -> Callable[[F], F]:
     """Give the decorated verb an option for every flat field of ``model``.
 
     The verb takes a ``flags: dict[str, Any]`` parameter (hidden from the command line) that
     receives the options the user gave; ``aliases`` adds a second, shorter name to a field.
+    Each option's help shows the field's default, or ``shown_defaults[field]`` where the verb
+    applies its own. A boolean field is a ``--name / --no-name`` flag pair.
     """
 
     def decorate(verb: F) -> F:
@@ -46,10 +52,12 @@ def config_options(
             kind = _option_type(field.annotation)
             if name in skip or kind is None:
                 continue
-            names = [f"--{name.replace('_', '-')}"] + ([aliases[name]] if name in aliases else [])
-            choices = typing.get_args(field.annotation) if _is_literal(field.annotation) else ()
-            listed = f" One of: {', '.join(choices)}." if choices else ""
-            text = (field.description or "") + listed
+            flag = name.replace("_", "-")
+            names = [f"--{flag}/--no-{flag}" if kind is bool else f"--{flag}"]
+            names += [aliases[name]] if name in aliases else []
+            text = field.description or ""
+            shown = shown_defaults.get(name) or _shown_default(field.default, flag)
+            text += f"  [default: {shown}]" if shown else ""
             option = typer.Option(*names, help=text, show_default=False)
             derived.append(
                 inspect.Parameter(
@@ -62,6 +70,7 @@ def config_options(
 
         @functools.wraps(verb)
         def run(**kwargs: Any) -> Any:
+            _refuse_boolean_word_as_config(kwargs.get("config"))
             flags = {
                 key.removeprefix(_PREFIX): value
                 for key, value in kwargs.items()
@@ -77,8 +86,27 @@ def config_options(
     return decorate
 
 
-def _is_literal(annotation: Any) -> bool:
-    return typing.get_origin(annotation) is Literal
+def _shown_default(default: Any, flag: str) -> str:
+    """A field's default as the help shows it ('' for none: nothing is shown)."""
+    if default is None or default is PydanticUndefined or default == []:
+        return ""
+    if isinstance(default, bool):
+        return flag if default else f"no-{flag}"
+    if isinstance(default, list):
+        return ", ".join(str(item) for item in default)
+    return str(default)
+
+
+def _refuse_boolean_word_as_config(config: Any) -> None:
+    """``--balance-families true`` left 'true' as the config file: say what a flag is."""
+    if isinstance(config, str) and config.lower() in _BOOLEAN_WORDS and not Path(config).exists():
+        raise ConfigError(
+            f"'{config}' is not a config file: boolean options are flags that take no value, "
+            "e.g. --balance-families or --no-balance-families."
+        )
+
+
+_BOOLEAN_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
 
 
 def _option_type(annotation: Any) -> Any:
@@ -88,7 +116,7 @@ def _option_type(annotation: Any) -> Any:
     if origin in (Union, types.UnionType):
         return _option_type(args[0]) if len(args) == 1 else None
     if origin is Literal:
-        return str  # pydantic checks the choice, and its error lists them
+        return annotation  # typer checks the choice (a usage error) and the help lists them
     if origin is list and args and _option_type(args[0]) in (str, int, float, Path):
         return list[_option_type(args[0])]  # type: ignore[misc]
     if annotation is Path:

@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from trajgym.cli.common import console
+from trajgym.cli.common import SPLIT_HELP, console
 from trajgym.errors import TrajgymError
+from trajgym.records.schema import Split
 
 # What `pip install 'trajgym[openenv]'` brings; a missing one of these is the extra missing.
 OPENENV_PACKAGES = ("openenv", "fastapi", "uvicorn", "websockets")
@@ -19,9 +20,7 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    split: Annotated[
-        str, typer.Option(help="train, test or ood: where resets draw tasks (a reset may ask).")
-    ] = "train",
+    split: Annotated[Split, typer.Option(help=SPLIT_HELP)] = "train",
     max_sessions: Annotated[
         int, typer.Option(help="Sessions open at once, each with its own environment.")
     ] = 64,

@@ -6,7 +6,7 @@ They are registered on the one ``trajgym`` app in :mod:`trajgym.cli`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -48,7 +48,10 @@ def label(
     ] = None,
     api_base: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL.")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Variable holding the key.")] = None,
-    tool_mode: Annotated[str, typer.Option(help="native or text.")] = "native",
+    tool_mode: Annotated[
+        Literal["native", "text"],
+        typer.Option(help="How the teacher calls tools: the API's tool calls, or text."),
+    ] = "native",
     limit: Annotated[int | None, typer.Option(help="Label at most this many.")] = None,
     concurrency: Annotated[int, typer.Option(help="Trajectories labelled at once.")] = 16,
 ) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from trajgym.cli.common import console
+from trajgym.cli import common
+from trajgym.cli.common import SPLIT_HELP, console
 from trajgym.records.schema import Split
 
 
@@ -19,7 +19,9 @@ def synthesize(
     output: Annotated[Path, typer.Option("--output", "-o", help="Task file to write.")] = Path(
         "runs/synth/tasks.jsonl"
     ),
-    split: Annotated[str, typer.Option(help="train, test or ood: whose users.")] = "train",
+    split: Annotated[
+        Split, typer.Option(help=f"{SPLIT_HELP} The tasks get the split's users.")
+    ] = "train",
     api_base: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL.")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="Variable holding the key.")] = None,
     max_retries: Annotated[int, typer.Option(help="Corrections per blueprint.")] = 2,
@@ -42,7 +44,7 @@ def synthesize(
     llm = {"api_base": api_base, "api_key_env": api_key_env, "max_tokens": max_tokens}
     config = SynthesisConfig(
         env=env_id,
-        split=cast(Split, split),
+        split=split,
         n=n,
         llm=LLMConfig(model=model, temperature=temperature, seed=seed, **llm),
         reviewer=LLMConfig(model=reviewer_model, **llm) if reviewer_model else None,
@@ -58,7 +60,7 @@ def synthesize(
             progress.update(bar, advance=1, stats=stats)
 
         report = run(config, on_blueprint=advance)
-    table = Table("", "value", title=f"synthesis into {output}")
+    table = common.table("", "value", title=f"synthesis into {output}")
     for key, value in report.as_dict().items():
         if key != "reasons":
             table.add_row(key, str(value))

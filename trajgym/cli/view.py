@@ -9,13 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from trajgym.errors import TrajgymError
-
-console = Console()
-err_console = Console(stderr=True)
+from trajgym.cli.common import console
 
 
 def view(
@@ -25,7 +20,9 @@ def view(
     output: Annotated[Path, typer.Option("--output", "-o", help="The HTML page to write.")] = Path(
         "trajectories.html"
     ),
-    title: Annotated[str | None, typer.Option(help="Page title [default: the file names].")] = None,
+    title: Annotated[
+        str | None, typer.Option(help="Page title.  [default: the file names]")
+    ] = None,
 ) -> None:
     """Write FILES as one HTML page to browse: filters, conversations, verdicts, state diffs.
 
@@ -34,14 +31,6 @@ def view(
     """
     from trajgym.views.viewer import write_report
 
-    try:
-        count = write_report(files, output, title)
-    except TrajgymError as e:  # a missing file or a malformed line: say which, no traceback
-        err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    count = write_report(files, output, title)  # a missing or empty file: a TrajgymError
     size_kb = output.stat().st_size / 1024
-    console.print(
-        f"wrote {escape(str(output))} ({count} trajectories, {size_kb:,.0f} KiB)",
-        highlight=False,
-        soft_wrap=True,
-    )
+    console.print(f"wrote {output} ({count} trajectories, {size_kb:,.0f} KiB)", soft_wrap=True)

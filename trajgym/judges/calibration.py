@@ -26,7 +26,7 @@ from trajgym.judges.llm_judge import LLMJudge
 from trajgym.llm.cassette import episode_scope
 from trajgym.llm.client import LLMConfig
 from trajgym.records.schema import JudgeVerdict, Trajectory
-from trajgym.records.store import TrajectoryStore, read_trajectories
+from trajgym.records.store import TrajectoryStore, read_input
 
 Keep = Literal["verified", "judge", "both"]
 
@@ -51,11 +51,8 @@ def make_judge(config: JudgeConfig) -> Judge:
 
 
 def load_file(path: str | Path) -> list[Trajectory]:
-    """Every trajectory of a JSONL file; a missing file is a user error, not an empty list."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrajgymError(f"Trajectory file '{path}' does not exist.")
-    return list(read_trajectories(path))
+    """Every trajectory of a JSONL file; a missing or empty file is a user error."""
+    return read_input(path)
 
 
 # Grading ---------------------------------------------------------------------------------------

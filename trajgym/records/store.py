@@ -91,6 +91,27 @@ def read_trajectories(path: str | Path) -> Iterator[Trajectory]:
                 ) from None
 
 
+def require_input(path: str | Path) -> Path:
+    """A trajectory file a user named as input: missing, a folder or empty is an error.
+
+    Stores being written may not exist yet (``read_trajectories`` reads them as empty); an
+    input that holds nothing is a mistake to report before anything is written.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a JSONL file" if path.is_dir() else "does not exist"
+        raise StoreError(f"Trajectory file '{path}' {what}.")
+    with path.open(encoding="utf-8") as f:
+        if not any(line.strip() for line in f):
+            raise StoreError(f"Trajectory file '{path}' is empty: it holds no trajectories.")
+    return path
+
+
+def read_input(path: str | Path) -> list[Trajectory]:
+    """Every trajectory of an input file (see :func:`require_input`)."""
+    return list(read_trajectories(require_input(path)))
+
+
 def cut_torn_tail(path: Path) -> int:
     """Truncate a final line left unfinished by a crash; return the bytes removed."""
     if not path.exists() or path.stat().st_size == 0:

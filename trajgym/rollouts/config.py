@@ -68,7 +68,10 @@ class GenerateConfig(BaseModel):
         description="Play this JSONL task file's tasks instead of the env's own (one env; "
         "each task is checked first: gold actions, and the scripted expert solves it).",
     )
-    split: Split = Field("train", description="Task split.")
+    split: Split = Field(
+        "train",
+        description="Task split: train (harvest and train on it); test and ood are held out.",
+    )
     families: list[str] | None = Field(None, description="Only tasks of these families.")
     num_tasks: int | None = Field(None, ge=1, description="First N tasks per env (all if unset).")
     balance_families: bool = Field(

@@ -19,6 +19,7 @@ from typing import Any
 
 from trajgym.config import save_config
 from trajgym.envs import tasks_of
+from trajgym.errors import ConfigError
 from trajgym.records.schema import Task, Trajectory
 from trajgym.records.store import Key, TrajectoryStore, read_trajectories
 from trajgym.rollouts.config import GenerateConfig
@@ -65,10 +66,12 @@ def _round_robin(tasks: list[Task]) -> list[Task]:
 def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateReport:
     """Run (or resume) a generation; returns the report, also saved beside the output."""
     started = time.perf_counter()
+    keys = plan(config)
+    if not keys:  # before anything is written: an empty selection is a mistake, not a run
+        raise ConfigError(f"No tasks to play: {_selection(config)} selects none.")
     save_config(config, config.output.with_suffix(".config.yaml"))
     report = GenerateReport()
     with TrajectoryStore(config.output) as store:
-        keys = plan(config)
         todo = [k for k in keys if k not in store]
         report.planned, report.skipped = len(keys), len(keys) - len(todo)
 
@@ -99,9 +102,19 @@ def generate(config: GenerateConfig, show_progress: bool = True) -> GenerateRepo
         report.drain_s = ended - report.all_started if report.all_started else 0.0
     report.wall_s = time.perf_counter() - started
     summary = config.output.with_suffix(".summary.json")
-    stored = stored_counts(config.output, set(keys))
-    summary.write_text(json.dumps(report.as_dict() | {"stored": stored}, indent=1))
+    report.stored = stored_counts(config.output, set(keys))
+    summary.write_text(json.dumps(report.as_dict() | {"stored": report.stored}, indent=1))
     return report
+
+
+def _selection(config: GenerateConfig) -> str:
+    """The options that chose the tasks, as a user would type them."""
+    parts = [f"--env {' '.join(config.env_ids())}", f"--split {config.split}"]
+    if config.families:
+        parts.append(f"--families {' '.join(config.families)}")
+    if config.first_task:
+        parts.append(f"--first-task {config.first_task}")
+    return " ".join(parts)
 
 
 def stored_counts(path: Path, keys: set[Key]) -> dict[str, Any]:

@@ -29,6 +29,9 @@ class GenerateReport:
     drain_s: float = 0.0  # from the last episode's start to the end: slots emptying out
     playing_since: float = 0.0  # perf_counter() when the first episode started
     all_started: float = 0.0  # perf_counter() when the last episode started
+    # What the store holds of the planned keys at the end, this run's and earlier runs'
+    # (a resumed run writes only what was missing): see generate.stored_counts.
+    stored: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, t: Trajectory) -> None:

@@ -18,11 +18,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajgym.agents.tool_text import render_call, render_response
+from trajgym.errors import TrajgymError
 from trajgym.llm.client import to_wire
 from trajgym.records.schema import Trajectory
-from trajgym.records.store import read_trajectories
+from trajgym.records.store import read_input
 
 Format = Literal["hf", "openai", "sharegpt"]
+
+
+class ExportError(TrajgymError):
+    """Nothing to export: the filters keep none of the input."""
 
 
 class ExportFilter(BaseModel):
@@ -48,8 +53,18 @@ class ExportFilter(BaseModel):
 def export(
     inputs: Iterable[str | Path], output: str | Path, fmt: Format, keep: ExportFilter
 ) -> dict[str, int]:
-    """Write the kept trajectories of ``inputs`` to ``output``; return counts per split."""
-    kept = [t for path in inputs for t in read_trajectories(path) if keep.keep(t)]
+    """Write the kept trajectories of ``inputs`` to ``output``; return counts per split.
+
+    A missing or empty input, or filters that keep nothing, is an error and writes nothing:
+    a pipeline must not carry on with an empty training set.
+    """
+    found = [t for path in inputs for t in read_input(path)]
+    kept = [t for t in found if keep.keep(t)]
+    if not kept:
+        raise ExportError(
+            f"None of the {len(found)} trajectories passes the filters "
+            f"({keep.model_dump(exclude_none=True)}); nothing was written."
+        )
     output = Path(output)
     if fmt == "hf":
         return _export_hf(kept, output)

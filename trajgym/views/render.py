@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from trajgym.records.schema import Message, Trajectory
 
@@ -16,32 +17,42 @@ _CLIP = 600
 
 
 def print_trajectory(console: Console, trajectory: Trajectory, show_system: bool = False) -> None:
-    """Print one conversation, then how it was verified."""
+    """Print one conversation, then how it was verified.
+
+    Everything from the trajectory is printed as plain text (rich's Text, never markup): a
+    `[low, high]` in a tool result or in code must reach the reader as it was recorded.
+    """
     t = trajectory
     console.print(
-        f"[bold]{t.env_id}[/] task [bold]{t.task_id}[/] ({t.family}), "
-        f"persona {t.persona}, seed {t.seed}"
+        Text.assemble(
+            (t.env_id, "bold"),
+            " task ",
+            (t.task_id, "bold"),
+            f" ({t.family}), persona {t.persona}, seed {t.seed}",
+        )
     )
     for message in t.messages:
         if message.role == "system" and not show_system:
             continue
         console.print(
             Panel(
-                _body(message),
-                title=_title(message),
+                Text(_body(message)),
+                title=Text(_title(message)),
                 title_align="left",
                 border_style=_STYLE[message.role],
             )
         )
     verdict = t.verdict
-    outcome = "[green]success[/]" if t.success else "[red]failure[/]"
+    outcome = Text("success", "green") if t.success else Text("failure", "red")
     if t.status == "error":
-        outcome = f"[red]error[/]: {t.error}"
-    console.print(f"{outcome}; reward {t.reward}; ended by {t.termination}")
+        outcome = Text.assemble(("error", "red"), f": {t.error}")
+    console.print(Text.assemble(outcome, f"; reward {t.reward}; ended by {t.termination}"))
     if verdict is not None:
         console.print(
-            f"state matches gold: {verdict.state_match}; outputs told: {verdict.outputs}; "
-            f"violations: {list(verdict.violations) or 'none'}"
+            Text(
+                f"state matches gold: {verdict.state_match}; outputs told: {verdict.outputs}; "
+                f"violations: {list(verdict.violations) or 'none'}"
+            )
         )
 
 
@@ -54,7 +65,7 @@ def print_summary(console: Console, trajectories: Sequence[Trajectory]) -> None:
     for family, group in sorted(by_family.items()):
         ok = sum(t.success for t in group)
         table.add_row(
-            family,
+            Text(family),
             str(len(group)),
             str(ok),
             f"{ok / len(group):.0%}",
@@ -62,9 +73,9 @@ def print_summary(console: Console, trajectories: Sequence[Trajectory]) -> None:
         )
     total = sum(t.success for t in trajectories)
     table.add_row(
-        "[bold]all",
+        Text("all", "bold"),
         str(len(trajectories)),
-        f"[bold]{total}",
+        Text(str(total), "bold"),
         f"{total / max(1, len(trajectories)):.0%}",
         str(sum(t.status == "error" for t in trajectories)),
     )
@@ -81,7 +92,8 @@ def _body(message: Message) -> str:
     parts = []
     if message.content:
         text = message.content
-        parts.append(text if len(text) <= _CLIP else text[:_CLIP] + " ...")
+        cut = len(text) - _CLIP
+        parts.append(text if cut <= 0 else f"{text[:_CLIP]} ... ({cut} more characters)")
     for call in message.tool_calls or ():
         parts.append(f"-> {call.function.name}({call.function.arguments})")
     return "\n".join(parts) or "(empty)"
