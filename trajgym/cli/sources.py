@@ -60,13 +60,12 @@ def label(
     Writes the student's trajectories with the teacher's labels (provenance
     `on_policy_teacher`); `trajgym train sft` then trains on the labels. Resumable.
     """
-    from trajgym.errors import ConfigError
     from trajgym.llm.client import LLMConfig
+    from trajgym.records.store import require_input
     from trajgym.rollouts.config import AgentSpec
     from trajgym.rollouts.onpolicy import label_file
 
-    if not Path(rollouts).exists():
-        raise ConfigError(f"Trajectory file '{rollouts}' does not exist.")
+    require_input(rollouts)  # missing or empty: an error before anything is written
     teacher = AgentSpec()
     if teacher_model:
         llm = LLMConfig(model=teacher_model, api_base=api_base, api_key_env=api_key_env)
