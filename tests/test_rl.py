@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import needs_smollm2
-from helpers import tiny_model, tiny_tokenizer
+from helpers import tensorboard_scalars, tiny_model, tiny_tokenizer
 
 from trajgym.agents.replies import Generated
 from trajgym.agents.tool_text import chatml, to_text_messages
@@ -226,6 +226,33 @@ def test_a_run_resumes_from_its_checkpoint(tiny: Path, tmp_path: Path) -> None:
     first = train(config)["history"]
     resumed = train(config.model_copy(update={"iterations": 3}))["history"]
     assert [h["step"] for h in resumed] == [1, 2, 3] and resumed[:2] == first
+
+
+def test_report_to_tensorboard_logs_each_steps_reward_loss_and_kl(
+    tiny: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "tracked"
+    config = RLConfig(
+        model=str(tiny),
+        output_dir=out,
+        iterations=2,
+        tasks_per_step=1,
+        group_size=2,
+        max_new_tokens=6,
+        max_turns=2,
+        lr=1e-2,
+        kl_coef=0.1,
+        updates_per_batch=2,  # the second pass, off-policy, has a loss (the first's sums to 0)
+        report_to=["tensorboard"],
+    )
+    counter = iter(range(100))
+    history = train(config, extra_reward=lambda t: float(next(counter)))["history"]
+    assert all(h["loss"] != 0 for h in history) and history[-1]["kl"] > 0
+    curves = tensorboard_scalars(out / "tracking" / "trajgym")
+    for name in ("loss", "reward", "success", "kl", "reply_tokens", "clip_fraction"):
+        assert curves[name] == [
+            (h["step"], pytest.approx(h[name], rel=1e-6, abs=1e-12)) for h in history
+        ], name
 
 
 def test_one_rl_step_under_accelerate_launch_with_two_cpu_processes(

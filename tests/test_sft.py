@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_model, tiny_tokenizer
+import yaml
+from helpers import tensorboard_scalars, tiny_model, tiny_tokenizer
 
 from trajgym.agents.tool_text import chatml, to_text_messages
 from trajgym.records.store import read_trajectories
@@ -273,3 +274,23 @@ def test_bf16_falls_back_to_fp32_where_it_is_only_emulated(monkeypatch, native: 
     said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert bool(said) is not native and all("trains in fp32" in s for s in said)
     assert common.new_accelerator(bf16=False).mixed_precision == "no"
+
+
+def test_report_to_tensorboard_logs_the_loss_of_every_step_and_a_resume_goes_on(
+    setup, tmp_path: Path
+) -> None:
+    out = tmp_path / "tracked"
+    small = dict(batch_size=2, max_length=2048, report_to=["tensorboard"])
+    first = train(config(setup, out, max_optimizer_steps=3, **small))
+    summary = train(config(setup, out, max_optimizer_steps=5, **small))
+    assert summary["losses"][:3] == first["losses"]
+    curves = tensorboard_scalars(out / "tracking" / "trajgym")
+    assert [step for step, _ in curves["loss"]] == [1, 2, 3, 4, 5]  # one point a step
+    assert [v for _, v in curves["loss"]] == pytest.approx(summary["losses"], rel=1e-6)
+    assert [step for step, _ in curves["lr"]] == [1, 2, 3, 4, 5]
+    hparams = yaml.safe_load(next((out / "tracking" / "trajgym").glob("*/hparams.yml")).read_text())
+    assert (
+        hparams["stage"] == "sft"
+        and hparams["lr"] == 1e-2
+        and hparams["report_to"] == '["tensorboard"]'
+    )

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from trajgym.agents.models import (
@@ -22,6 +22,7 @@ from trajgym.agents.models import (
     bf16_runs_natively,
     load_student,
 )
+from trajgym.train.tracking import check_trackers
 
 
 class ModelTraining(BaseModel):
@@ -46,6 +47,17 @@ class ModelTraining(BaseModel):
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    report_to: list[str] = Field(
+        [],
+        description="Experiment trackers that get the run's config and per-step curves, through "
+        "accelerate (e.g. tensorboard, trackio, wandb; its package must be installed). Files go "
+        "under output_dir/tracking. Empty: none.",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_and_installed(cls, names: list[str]) -> list[str]:
+        return check_trackers(names)
 
 
 class TrainedModel(BaseModel):

@@ -60,6 +60,7 @@ from trajgym.train.grpo import (
     reference_logits,
 )
 from trajgym.train.masks import Sampled, generated_sequences, token_budget_batches
+from trajgym.train.tracking import accelerator_arguments, finish_trackers, start_trackers
 
 
 class RLSettings(ModelTraining):
@@ -212,7 +213,7 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    accelerator = new_accelerator(config.bf16)
+    accelerator = new_accelerator(config.bf16, **accelerator_arguments(config.report_to, out))
     model, tokenizer = prepare_model(config, str(accelerator.device))
     reference = reference_logits(model) if config.kl_coef else None
     teacher = (
@@ -222,6 +223,7 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = load_checkpoint(out, accelerator, {"step": 0, "history": []})
+    start_trackers(accelerator, config, "rl", state["step"])
     pool = task_pool(config)
     world, rank = accelerator.num_processes, accelerator.process_index
     server = None
@@ -252,6 +254,7 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
         )
         state["history"].append(record | {"step": step + 1})
         state["step"] = step + 1
+        accelerator.log(record, step=state["step"])
         if server is not None:
             _sync(server, accelerator, model, out, state["step"])
         progress.update(bar, completed=state["step"], success=f"{record['success']:.0%}")
@@ -278,6 +281,7 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
         "precision": str(accelerator.mixed_precision),
     }
     save_final(accelerator, model, tokenizer, out, final, summary)
+    finish_trackers(accelerator)
     del model, optimizer
     accelerator.free_memory()
     return summary
@@ -346,6 +350,7 @@ def _update(
     micro = token_budget_batches(batch, config.micro_batch_tokens)
     counts = accelerator.gather(torch.tensor([len(micro)], device=accelerator.device))
     total = {
+        "loss": 0.0,
         "kl": 0.0,
         "clipped": 0.0,
         "tokens": float(tokens),
@@ -358,6 +363,8 @@ def _update(
                 loss, stats = policy_loss(model, micro[i], config, reference, max(tokens, 1))
                 for k, v in stats.items():
                     total[k] += v
+                # back to a sum over tokens, so that each process weighs by its tokens when gathered
+                total["loss"] += float(loss.detach()) * max(tokens, 1) / config.updates_per_batch
             else:
                 loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             accelerator.backward(loss)
@@ -402,6 +409,7 @@ def _gather_metrics(
             sum((e.trajectory.reward or 0.0) for e in episodes),
             sum(len(g.token_ids) for e in episodes for g in e.turns),
             sum(len(e.turns) for e in episodes),
+            stats["loss"],
             stats["kl"],
             stats["reverse_kl"],
             stats["teacher_tokens"],
@@ -414,14 +422,15 @@ def _gather_metrics(
         device=accelerator.device,
     )
     totals = accelerator.reduce(local, reduction="sum").tolist()
-    n, reward, success, reply_tokens, turns, kl, reverse_kl, teacher_tokens = totals[:8]
-    clipped, tokens, sequences, sequence_tokens = totals[8:]
+    n, reward, success, reply_tokens, turns, loss, kl, reverse_kl = totals[:8]
+    teacher_tokens, clipped, tokens, sequences, sequence_tokens = totals[8:]
     trained = max(tokens, 1.0)
     return {
         "episodes": int(n),
         "reward": reward / max(n, 1),
         "success": success / max(n, 1),
         "reply_tokens": reply_tokens / max(turns, 1),
+        "loss": loss / trained,  # the policy loss per trained token (a pass's mean)
         "kl": kl / trained,
         "reverse_kl": reverse_kl / max(teacher_tokens, 1.0),  # per token the teacher scored
         "teacher_tokens": int(teacher_tokens),

@@ -37,6 +37,7 @@ from trajgym.train.common import (
 )
 from trajgym.train.distill import LogitDistillation, load_frozen_teacher, top_k_kl
 from trajgym.train.masks import IGNORE_INDEX, tokenize_with_masks
+from trajgym.train.tracking import accelerator_arguments, finish_trackers, start_trackers
 
 
 class SFTSettings(ModelTraining):
@@ -168,7 +169,11 @@ def train(config: SFTConfig) -> SFTSummary:
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    accelerator = new_accelerator(config.bf16, gradient_accumulation_steps=config.grad_accum)
+    accelerator = new_accelerator(
+        config.bf16,
+        gradient_accumulation_steps=config.grad_accum,
+        **accelerator_arguments(config.report_to, out),
+    )
     model, tokenizer = prepare_model(config, str(accelerator.device))
     examples = load_examples(config, tokenizer)
     teacher = None
@@ -187,6 +192,7 @@ def train(config: SFTConfig) -> SFTSummary:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     fresh = {"step": 0, "tokens": 0, "loss_tokens": 0, "losses": [], "micro": 0}
     state = load_checkpoint(out, accelerator, fresh)
+    start_trackers(accelerator, config, "sft", state["step"])
     loop_started, tokens_before = time.perf_counter(), state["tokens"]
     losses: list[float] = state["losses"]
     step, tokens, loss_tokens = state["step"], state["tokens"], state.get("loss_tokens", 0)
@@ -225,6 +231,8 @@ def train(config: SFTConfig) -> SFTSummary:
                     state.update(step=step, tokens=tokens, loss_tokens=loss_tokens)
                     state.update(losses=losses, micro=seen + 1)
                     progress.update(bar, completed=step, loss=f"{losses[-1]:.3f}")
+                    lr = scheduler.get_last_lr()[0]
+                    accelerator.log({"loss": losses[-1], "lr": lr, "tokens": tokens}, step=step)
                     if config.save_every and step % config.save_every == 0:
                         save_checkpoint(out, accelerator, state)
     loop_s = time.perf_counter() - loop_started
@@ -244,6 +252,7 @@ def train(config: SFTConfig) -> SFTSummary:
         "precision": str(accelerator.mixed_precision),
     }
     save_final(accelerator, model, tokenizer, out, final, summary)
+    finish_trackers(accelerator)
     # The accelerator holds the model and optimizer: free them for whatever runs next.
     del model, optimizer, scheduler
     accelerator.free_memory()
