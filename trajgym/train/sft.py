@@ -22,7 +22,7 @@ from pydantic import Field
 from trajgym.config import save_config
 from trajgym.errors import ConfigError
 from trajgym.records.schema import Message
-from trajgym.records.store import read_trajectories
+from trajgym.records.store import read_trajectories, require_input
 from trajgym.train.common import (
     ModelTraining,
     TrainingRun,
@@ -165,6 +165,8 @@ def train(config: SFTConfig) -> SFTSummary:
     import torch
     from transformers import get_scheduler
 
+    for path in config.data:  # a missing or empty file is a mistake, found before any write
+        require_input(path)
     torch.manual_seed(config.seed)
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
