@@ -9,6 +9,7 @@ from where its training run put it (:func:`student`).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from trajgym.rollouts.config import AgentSpec, GenerateConfig, StudentDtype
 from trajgym.rollouts.generate import generate
 from trajgym.train.common import TrainedModel, release_freed_memory
 from trajgym.train.evaluate import EvalMetrics, summarize
+from trajgym.train.identity import agent_identity, code_identity, identity_digest
 
 Results = dict[str, dict[str, EvalMetrics]]
 """Metrics by agent name, then by place (a split, or a held-out domain)."""
@@ -112,6 +114,14 @@ def evaluate(
             output = eval_store(out, name, place.label)
             is_student = agent.kind == "student"
             playing = agent.model_copy(update={"dtype": stage.dtype}) if is_student else agent
+            identity = {
+                "agent": agent_identity(playing),
+                "place": place.model_dump(mode="json"),
+                "settings": {"k": stage.k, "seed": seed, "max_turns": stage.max_turns},
+                "concurrency": stage.concurrency,  # the batches a student's replies shared
+                "code": code_identity(),
+            }
+            cache = reuse_evaluation(output, identity)
             config = GenerateConfig(
                 envs=[place.env],
                 split=place.split,
@@ -126,12 +136,49 @@ def evaluate(
             )
             generate(config, show_progress)
             release_freed_memory()  # the student's caches, before the next agent loads
-            metrics = summarize(read_trajectories(output), stage.k)
+            played = list(read_trajectories(output))
+            if cache is not None and all(t.status == "ok" for t in played):
+                _copy_atomically(output, cache)
+            metrics = summarize(played, stage.k)
             output.with_suffix(".eval.json").write_text(json.dumps(metrics.as_json(), indent=1))
             results.setdefault(name, {})[place.label] = metrics
             if timings is not None:
                 timings[f"eval_{name}_{place.label}_s"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def reuse_evaluation(output: Path, identity: dict[str, Any]) -> Path | None:
+    """Prepare ``output`` for an evaluation with this identity; the cache entry, if cacheable.
+
+    A store made by another model, agent, setting or code is moved aside (a retrained student
+    never inherits its predecessor's episodes). A deterministic evaluation (greedy student,
+    scripted expert or baseline) is cached by its identity across runs: an unchanged model
+    (the base student) is played once, not in every run.
+    """
+    digest = identity_digest(identity)
+    recorded = output.with_suffix(".identity.json")
+    if output.exists():
+        previous = json.loads(recorded.read_text()).get("digest") if recorded.exists() else None
+        if previous != digest:
+            output.rename(output.with_suffix(f".stale-{previous or 'unknown'}.jsonl"))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps({"digest": digest, **identity}, indent=1))
+    agent = identity["agent"]["spec"]
+    if agent["kind"] == "litellm" or agent["temperature"] > 0:
+        return None  # sampled or a provider's: not reproducible, so never reused across runs
+    from trajgym.agents.models import cache_dir
+
+    cache = cache_dir() / "evaluations" / f"{digest}.jsonl"
+    if cache.exists() and not output.exists():
+        _copy_atomically(cache, output)
+    return cache
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_suffix(".partial")
+    shutil.copyfile(source, staging)
+    staging.rename(target)
 
 
 def results_json(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
