@@ -214,3 +214,16 @@ def test_a_resumed_generate_prints_the_stores_totals(tmp_path: Path) -> None:
     assert [c.strip() for c in rows["successes"]] == ["0", "3"]
     summary = json.loads((tmp_path / "s.summary.json").read_text())
     assert summary["stored"]["successes"] == 3
+
+
+def test_tables_fit_80_columns_without_cutting_a_word(tmp_path: Path, cli, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    store = tmp_path / "s.jsonl"
+    for agent in ("expert", "random"):
+        code, _, _ = cli("rollout", "trajgym/RetailLite-v0", "--agent", agent, "--n", "4", "-o", str(tmp_path / f"{agent}.jsonl"))
+        assert code == 0
+    store.write_text((tmp_path / "expert.jsonl").read_text() + (tmp_path / "random.jsonl").read_text())
+    code, out, err = cli("judge", "calibrate", str(store), str(tmp_path / "expert.jsonl"))
+    assert code == 0, err
+    assert "agree-" in out and "false" in out  # the headers wrapped, whole
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
