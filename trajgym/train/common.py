@@ -46,6 +46,12 @@ class ModelTraining(BaseModel):
         "avx512_bf16 or AMX); elsewhere the run warns and trains in fp32.",
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    shared_prefix: bool = Field(
+        True,
+        description="Compute a micro-batch's common token prefix (system turn, tool schemas) "
+        "once and nothing after a row's last loss token: the same gradients, less compute. "
+        "False: every row's full forward pass.",
+    )
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     report_to: list[str] = Field(
         [],

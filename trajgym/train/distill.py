@@ -22,6 +22,7 @@ from trajgym.agents.remote import RemoteScorer, ServerConfig
 from trajgym.errors import ConfigError
 from trajgym.rollouts.config import StudentDtype
 from trajgym.train.masks import Sampled, token_budget_batches
+from trajgym.train.prefix import kept_logits
 
 
 class TeacherScoring(BaseModel):
@@ -56,11 +57,13 @@ class TeacherScoring(BaseModel):
         return self
 
 
-def make_teacher(config: TeacherScoring, student_tokenizer: Any, device: str) -> Teacher:
-    """The local teacher, or the one on a server."""
+def make_teacher(
+    config: TeacherScoring, student_tokenizer: Any, device: str, shared_prefix: bool = True
+) -> Teacher:
+    """The local teacher (``shared_prefix``: see :class:`LocalTeacher`), or one on a server."""
     if config.server is not None:
         return ServerTeacher(config.server, student_tokenizer)
-    return LocalTeacher(config, student_tokenizer, device)
+    return LocalTeacher(config, student_tokenizer, device, shared_prefix)
 
 
 class Teacher(Protocol):
@@ -86,12 +89,23 @@ def check_same_tokenizer(student: Any, teacher: Any, teacher_name: str) -> None:
 
 
 class LocalTeacher:
-    """A transformers causal LM (plus adapter) that scores token sequences, frozen."""
+    """A transformers causal LM (plus adapter) that scores token sequences, frozen.
 
-    def __init__(self, config: TeacherScoring, student_tokenizer: Any, device: str) -> None:
+    With ``shared_prefix`` a micro-batch's common prefix is computed once and nothing after a
+    row's last student token (``train/prefix.py``); the scores are the same.
+    """
+
+    def __init__(
+        self,
+        config: TeacherScoring,
+        student_tokenizer: Any,
+        device: str,
+        shared_prefix: bool = True,
+    ) -> None:
         if config.model is None:
             raise ConfigError("A local teacher needs teacher.model.")
         self.config = config
+        self.shared_prefix = shared_prefix
         self.model = load_frozen_teacher(
             config.model, config.adapter, config.dtype, student_tokenizer, device
         )
@@ -106,27 +120,27 @@ class LocalTeacher:
 
         out: list[list[float]] = [[0.0] * len(s.input_ids) for s in sequences]
         indexed = [(s, i) for i, s in enumerate(sequences)]
+        device = next(self.model.parameters()).device
         for group in token_budget_batches(indexed, self.config.micro_batch_tokens):
             rows = [i for _, i in group]
             width = max(len(sequences[i].input_ids) for i in rows)
             ids = torch.zeros((len(rows), width), dtype=torch.long)
             attention = torch.zeros_like(ids)
+            keep = torch.zeros_like(ids, dtype=torch.bool)  # positions predicting a student token
             for r, i in enumerate(rows):
                 n = len(sequences[i].input_ids)
                 ids[r, :n] = torch.tensor(sequences[i].input_ids)
                 attention[r, :n] = 1
-            device = next(self.model.parameters()).device
+                keep[r, : n - 1] = torch.tensor(sequences[i].assistant_mask[1:], dtype=torch.bool)
+            ids, attention, keep = ids.to(device), attention.to(device), keep.to(device)
             with torch.no_grad():
-                logits = self.model(
-                    input_ids=ids.to(device), attention_mask=attention.to(device)
-                ).logits
-                logp = torch.log_softmax(logits[:, :-1].float() / temperature, -1)
-                chosen = logp.gather(-1, ids[:, 1:, None].to(device)).squeeze(-1).cpu()
+                logits = kept_logits(self.model, ids, attention, keep, self.shared_prefix)
+                logp = torch.log_softmax(logits.float() / temperature, -1)
+                chosen = logp.gather(-1, ids[:, 1:][keep[:, :-1]][:, None]).squeeze(-1).cpu()
+            scored = iter(chosen.tolist())  # row-major, as keep orders them
             for r, i in enumerate(rows):
-                mask = sequences[i].assistant_mask
-                for t in range(1, len(mask)):
-                    if mask[t]:
-                        out[i][t] = float(chosen[r, t - 1])
+                for t in torch.nonzero(keep[r]).flatten().tolist():
+                    out[i][t + 1] = next(scored)
         return out
 
 

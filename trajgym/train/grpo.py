@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ from trajgym.agents.replies import Generated
 from trajgym.records.schema import Trajectory
 from trajgym.train.evaluate import invalid_tool_calls, tool_calls
 from trajgym.train.masks import Sampled
+from trajgym.train.prefix import Plan, kept_logits, plan
 
 
 class LossSettings(Protocol):
@@ -26,6 +27,7 @@ class LossSettings(Protocol):
     clip_eps: float
     kl_coef: float
     temperature: float
+    shared_prefix: bool
 
 
 class RewardWeights(BaseModel):
@@ -89,7 +91,7 @@ def policy_loss(
     model: Any,
     batch: Sequence[tuple[Sampled, Advantage]],
     config: LossSettings,
-    reference: Callable[[dict[str, Any]], Any] | None,
+    reference: Reference | None,
     token_count: int,
 ) -> tuple[Any, dict[str, float]]:
     """Clipped policy-gradient loss over the model's own tokens of ``batch``.
@@ -99,18 +101,20 @@ def policy_loss(
 
     Summed over the batch's tokens and divided by ``token_count`` (the tokens of the whole
     step), so that micro-batches add up to a token-level mean. The vocabulary projection runs
-    only where a sampled token is predicted.
+    only where a sampled token is predicted; with ``shared_prefix`` the rows' common prefix
+    is computed once (``train/prefix.py``), by the policy and by the reference.
     """
     import torch
 
     inputs = _pad(batch, model)
-    targets = inputs["input_ids"][:, 1:]
+    ids, attention = inputs["input_ids"], inputs["attention_mask"]
+    targets = ids[:, 1:]
     mask = inputs["mask"][:, 1:].bool()
-    keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+    keep = torch.zeros_like(ids, dtype=torch.bool)
     keep[:, :-1] = mask
-    forward = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    logits = model(**forward, logits_to_keep=keep).logits.float() / config.temperature
-    logp = torch.log_softmax(logits, -1).gather(-1, targets[mask][:, None]).squeeze(-1)
+    planned = plan(ids, attention, keep) if config.shared_prefix else None
+    logits = kept_logits(model, ids, attention, keep, config.shared_prefix, planned)
+    logp = _chosen_logprobs(logits, targets[mask], config.temperature)
     old = inputs["old"][:, 1:][mask]
     advantage = inputs["advantage"][:, 1:][mask]
     ratio = torch.exp(logp - old)
@@ -118,9 +122,12 @@ def policy_loss(
     per_token = -torch.minimum(ratio * advantage, clipped * advantage)
     kl = torch.zeros_like(per_token)
     if reference is not None:
-        with torch.no_grad():
-            ref_logits = reference(forward | {"logits_to_keep": keep}).float() / config.temperature
-            ref = torch.log_softmax(ref_logits, -1).gather(-1, targets[mask][:, None]).squeeze(-1)
+        if reference.same_as_policy:  # its pass would compute these very log-probs
+            ref = logp.detach()
+        else:
+            with torch.no_grad():
+                ref_logits = reference.logits(ids, attention, keep, config.shared_prefix, planned)
+                ref = _chosen_logprobs(ref_logits, targets[mask], config.temperature)
         kl = torch.exp(ref - logp) - (ref - logp) - 1  # k3: unbiased, always >= 0
         per_token = per_token + config.kl_coef * kl
     loss = per_token.sum() / token_count
@@ -129,6 +136,14 @@ def policy_loss(
         "clipped": float(((ratio - clipped).abs() > 1e-6).sum()),
     }
     return loss, stats
+
+
+def _chosen_logprobs(logits: Any, chosen: Any, temperature: float) -> Any:
+    """Each position's log-probability of its chosen token, at the sampling temperature."""
+    import torch
+
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    return logp.gather(-1, chosen[:, None]).squeeze(-1)
 
 
 def _pad(batch: Sequence[tuple[Sampled, Advantage]], model: Any) -> dict[str, Any]:
@@ -154,16 +169,37 @@ def _pad(batch: Sequence[tuple[Sampled, Advantage]], model: Any) -> dict[str, An
     return {k: v.to(device) for k, v in out.items()}
 
 
-def reference_logits(model: Any) -> Callable[[dict[str, Any]], Any]:
-    """The frozen policy the KL is measured against: the adapter switched off, or a copy."""
-    if hasattr(model, "disable_adapter"):
+class Reference:
+    """The frozen policy the KL is measured against: the adapter switched off, or a copy.
 
-        def with_adapter_off(inputs: dict[str, Any]) -> Any:
-            with model.disable_adapter():
-                return model(**inputs).logits
+    ``same_as_policy`` says the policy still computes exactly what the reference does (a run
+    that starts from the reference's weights, before its first optimizer step: a fresh LoRA
+    adapter adds zero, a full fine-tune's copy is the policy). While it holds, the KL is 0
+    and the reference pass is skipped; :meth:`policy_changed` ends it.
+    """
 
-        return with_adapter_off
-    frozen = copy.deepcopy(model).eval()
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    return lambda inputs: frozen(**inputs).logits
+    def __init__(self, model: Any) -> None:
+        if hasattr(model, "disable_adapter"):
+            self.model = model
+            trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            self.same_as_policy = all("lora_" in n for n, _ in trained) and all(
+                not p.detach().any() for n, p in trained if "lora_B" in n
+            )
+            return
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.same_as_policy = True
+
+    def policy_changed(self) -> None:
+        """The policy took an optimizer step (or was restored from one): compute from now on."""
+        self.same_as_policy = False
+
+    def logits(
+        self, input_ids: Any, attention_mask: Any, keep: Any, shared: bool, planned: Plan | None
+    ) -> Any:
+        """The reference's logits where ``keep`` holds (as :func:`prefix.kept_logits`)."""
+        if hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                return kept_logits(self.model, input_ids, attention_mask, keep, shared, planned)
+        return kept_logits(self.model, input_ids, attention_mask, keep, shared, planned)

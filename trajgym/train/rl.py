@@ -53,11 +53,11 @@ from trajgym.train.distill import (
 from trajgym.train.grpo import (
     Advantage,
     Episode,
+    Reference,
     RewardWeights,
     episode_reward,
     group_advantages,
     policy_loss,
-    reference_logits,
 )
 from trajgym.train.masks import Sampled, generated_sequences, token_budget_batches
 from trajgym.train.tracking import accelerator_arguments, finish_trackers, start_trackers
@@ -215,14 +215,18 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
     save_config(config, out / "config.yaml")
     accelerator = new_accelerator(config.bf16, **accelerator_arguments(config.report_to, out))
     model, tokenizer = prepare_model(config, str(accelerator.device))
-    reference = reference_logits(model) if config.kl_coef else None
+    reference = Reference(model) if config.kl_coef else None
     teacher = (
-        make_teacher(config.teacher, tokenizer, str(accelerator.device)) if config.teacher else None
+        make_teacher(config.teacher, tokenizer, str(accelerator.device), config.shared_prefix)
+        if config.teacher
+        else None
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = load_checkpoint(out, accelerator, {"step": 0, "history": []})
+    if reference is not None and state["step"]:
+        reference.policy_changed()  # restored from a checkpoint: trained since
     start_trackers(accelerator, config, "rl", state["step"])
     pool = task_pool(config)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -336,7 +340,7 @@ def _update(
     accelerator: Any,
     batch: list[tuple[Sampled, Advantage]],
     config: RLConfig,
-    reference: Callable[[dict[str, Any]], Any] | None,
+    reference: Reference | None,
 ) -> dict[str, float]:
     """``updates_per_batch`` optimizer steps over the batch, in micro-batches.
 
@@ -373,6 +377,8 @@ def _update(
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if reference is not None:
+            reference.policy_changed()
     release_freed_memory()
     return total
 

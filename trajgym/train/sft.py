@@ -37,6 +37,7 @@ from trajgym.train.common import (
 )
 from trajgym.train.distill import LogitDistillation, load_frozen_teacher, top_k_kl
 from trajgym.train.masks import IGNORE_INDEX, tokenize_with_masks
+from trajgym.train.prefix import kept_logits, plan
 from trajgym.train.tracking import accelerator_arguments, finish_trackers, start_trackers
 
 
@@ -215,7 +216,9 @@ def train(config: SFTConfig) -> SFTSummary:
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 with accelerator.accumulate(model):
                     with accelerator.autocast() if teacher else contextlib.nullcontext():
-                        loss = assistant_loss(model, batch, teacher, config.distill)
+                        loss = assistant_loss(
+                            model, batch, teacher, config.distill, config.shared_prefix
+                        )
                     accelerator.backward(loss)
                     optimizer.step()
                     scheduler.step()
@@ -266,12 +269,15 @@ def assistant_loss(
     batch: dict[str, Any],
     teacher: Any = None,
     distill: LogitDistillation | None = None,
+    shared_prefix: bool = True,
 ) -> Any:
     """Mean next-token loss over the labelled (assistant) tokens.
 
     The vocabulary projection runs only at the positions that predict a labelled token:
     system, user and tool tokens never carry loss, so their logits are never computed. With a
     teacher, the loss mixes in the KL from its next-token distributions at those positions.
+    With ``shared_prefix`` the rows' common prefix is computed once, by the student and by the
+    teacher (``train/prefix.py``), and nothing after a row's last labelled token.
     """
     import torch
     import torch.nn.functional as F
@@ -279,18 +285,15 @@ def assistant_loss(
     targets = batch["labels"][:, 1:]
     keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
     keep[:, :-1] = targets != IGNORE_INDEX
-    inputs = {
-        "input_ids": batch["input_ids"],
-        "attention_mask": batch["attention_mask"],
-        "logits_to_keep": keep,
-    }
-    logits = model(**inputs).logits
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    planned = plan(ids, attention, keep) if shared_prefix else None
+    logits = kept_logits(model, ids, attention, keep, shared_prefix, planned)
     logits = logits.float().reshape(-1, logits.shape[-1])
     cross_entropy = F.cross_entropy(logits, targets[keep[:, :-1]])
     if teacher is None or distill is None:
         return cross_entropy
     with torch.no_grad():
-        teacher_logits = teacher(**inputs).logits
+        teacher_logits = kept_logits(teacher, ids, attention, keep, shared_prefix, planned)
     teacher_logits = teacher_logits.reshape(-1, teacher_logits.shape[-1])
     kl = top_k_kl(logits, teacher_logits, distill.top_k)
     return (1 - distill.weight) * cross_entropy + distill.weight * kl
