@@ -181,11 +181,11 @@ def test_batcher_close_stops_its_thread_and_drops_caches() -> None:
 
 
 def test_the_same_checkpoint_evaluated_twice_plays_the_same_episodes(tmp_path, monkeypatch) -> None:
-    """Threads arrive in a random order each run; batches (and so replies) do not change."""
+    """Threads arrive in a random order each run; steps (and so replies) do not change."""
     import random
     import time
 
-    from trajgym.agents.batching import Batcher
+    from trajgym.agents.engine import Engine
     from trajgym.records.store import read_trajectories
     from trajgym.rollouts.config import GenerateConfig
     from trajgym.rollouts.generate import generate
@@ -198,14 +198,21 @@ def test_the_same_checkpoint_evaluated_twice_plays_the_same_episodes(tmp_path, m
     monkeypatch.setattr(
         StudentAgent, "act", lambda self, m: time.sleep(jitter.uniform(0, 0.03)) or act(self, m)
     )
-    rounds: list[list[list[str]]] = []
-    close = Batcher.close
+    rounds: list[list[tuple[str, ...]]] = []
+    close = Engine.close
 
-    def closing(self: Batcher) -> None:
-        rounds.append([[s.split("|")[0] for s in r] for r in self.rounds])
+    def closing(self: Engine) -> None:
+        rounds.append(list(self.trace or []))
         close(self)
 
-    monkeypatch.setattr(Batcher, "close", closing)
+    monkeypatch.setattr(Engine, "close", closing)
+    start = Engine._serve
+
+    def traced(self: Engine) -> None:
+        self.trace = []  # each step's rows, by the sessions' ordering keys
+        start(self)
+
+    monkeypatch.setattr(Engine, "_serve", traced)
 
     def evaluate(name: str) -> list[tuple]:
         cfg = GenerateConfig(
@@ -224,5 +231,5 @@ def test_the_same_checkpoint_evaluated_twice_plays_the_same_episodes(tmp_path, m
 
     first, second = evaluate("first"), evaluate("second")
     assert len(first) == 10 and first == second
-    assert rounds[0] == rounds[1]  # the same batches, each sorted by episode
+    assert rounds[0] == rounds[1]  # the same steps, the same rows in each
     assert max(map(len, rounds[0])) == 4  # and full: every episode in play waits for the rest

@@ -115,6 +115,13 @@ def bf16_runs_natively() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def resolve_dtype(dtype: str) -> str:
+    """``auto``: ``bfloat16`` where this machine computes it natively, else ``float32``."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if bf16_runs_natively() else "float32"
+
+
 def load_student(
     model: str = DEFAULT_STUDENT,
     adapter: str | None = None,
@@ -135,8 +142,9 @@ def load_student(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtype = resolve_dtype(dtype)
     if dtype not in torch_dtype:
-        raise ConfigError(f"Unknown dtype '{dtype}': choose float32, bfloat16 or float16.")
+        raise ConfigError(f"Unknown dtype '{dtype}': choose auto, float32, bfloat16 or float16.")
     if dtype == "bfloat16" and not bf16_runs_natively():
         warnings.warn(
             f"bfloat16 weights on a machine without native bf16: {BF16_EMULATED}; "

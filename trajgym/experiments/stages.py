@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from trajgym.agents.models import resolve_dtype
 from trajgym.records.schema import Split
 from trajgym.records.store import read_trajectories
 from trajgym.rollouts.config import AgentSpec, GenerateConfig, StudentDtype
@@ -43,7 +44,9 @@ class EvalStage(BaseModel):
     max_turns: int = Field(12, ge=1, description="Agent steps before an episode is cut.")
     concurrency: int = Field(8, ge=1, description="Episodes in flight (= the student's batch).")
     dtype: StudentDtype = Field(
-        "float32", description="Students' weights and KV caches while evaluated."
+        "auto",
+        description="Students' weights and KV caches while evaluated (auto: bfloat16 where "
+        "native, else float32; recorded resolved, so a result names what computed it).",
     )
     teacher: bool = Field(True, description="Also evaluate the teacher, for reference.")
 
@@ -113,7 +116,8 @@ def evaluate(
             started = time.perf_counter()
             output = eval_store(out, name, place.label)
             is_student = agent.kind == "student"
-            playing = agent.model_copy(update={"dtype": stage.dtype}) if is_student else agent
+            dtype = resolve_dtype(stage.dtype)
+            playing = agent.model_copy(update={"dtype": dtype}) if is_student else agent
             identity = {
                 "agent": agent_identity(playing),
                 "place": place.model_dump(mode="json"),

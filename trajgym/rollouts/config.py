@@ -12,7 +12,7 @@ from trajgym.envs.users.base import get_persona
 from trajgym.llm.client import LLMConfig
 from trajgym.records.schema import Split
 
-StudentDtype = Literal["float32", "bfloat16", "float16"]
+StudentDtype = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bf16 where native
 
 
 class AgentSpec(BaseModel):
@@ -32,7 +32,9 @@ class AgentSpec(BaseModel):
     max_new_tokens: int = Field(256, gt=0, description="Student reply length limit.")
     temperature: float = Field(0.0, ge=0.0, description="Student sampling temperature.")
     dtype: StudentDtype = Field(
-        "float32", description="Student weights and KV caches (bfloat16: half the memory)."
+        "auto",
+        description="Student weights and KV caches: auto is bfloat16 where the machine computes "
+        "it natively (avx512_bf16, AMX, a GPU), else float32.",
     )
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ from trajgym.rollouts.rollout import rollout
 
 if TYPE_CHECKING:
     from trajgym.agents.batching import Batcher
+    from trajgym.agents.engine import Engine
 
 
 def episode_seed(base: int, key: Key) -> int:
@@ -113,7 +114,9 @@ class EpisodeRunner:
             self.batcher.close()
 
 
-def make_agent(spec: AgentSpec, client: LLMClient | None, batcher: Batcher | None = None) -> Agent:
+def make_agent(
+    spec: AgentSpec, client: LLMClient | None, batcher: Engine | Batcher | None = None
+) -> Agent:
     """The agent ``spec`` describes (a student plays through the run's shared batcher)."""
     if spec.kind == "expert":
         from trajgym.agents.expert import ScriptedExpert
@@ -137,20 +140,22 @@ def make_agent(spec: AgentSpec, client: LLMClient | None, batcher: Batcher | Non
     return LLMAgent(spec.llm, tool_mode=spec.tool_mode, client=client)
 
 
-def _student_batcher(config: GenerateConfig) -> Batcher:
-    """One model, shared by every episode through a batcher (batch = concurrency)."""
-    from trajgym.agents.batching import Batcher
-    from trajgym.agents.models import load_student
+def _student_batcher(config: GenerateConfig) -> Engine | Batcher:
+    """One model, shared by every episode through the local engine (slots = concurrency)."""
+    from trajgym.agents.engine import local_engine
+    from trajgym.agents.models import load_student, resolve_dtype
 
     spec = config.agent
-    model, tokenizer = load_student(spec.student, adapter=spec.adapter, dtype=spec.dtype)
-    return Batcher(
+    dtype = resolve_dtype(spec.dtype)
+    model, tokenizer = load_student(spec.student, adapter=spec.adapter, dtype=dtype)
+    return local_engine(
         model,
         tokenizer,
-        max_batch=min(config.concurrency, 16),
+        slots=config.concurrency,
         max_new_tokens=spec.max_new_tokens,
         temperature=spec.temperature,
         seed=config.seed,
+        dtype=dtype,
     )
 
 

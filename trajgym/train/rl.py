@@ -23,6 +23,7 @@ from typing import Any, TypedDict
 from pydantic import Field, model_validator
 
 from trajgym.agents.batching import Batcher
+from trajgym.agents.engine import Engine, local_engine
 from trajgym.agents.remote import RemoteBatcher, ServerConfig
 from trajgym.agents.replies import ReplySource
 from trajgym.agents.student import StudentAgent, StudentConfig
@@ -134,18 +135,26 @@ def run_rollouts(
     tokenizer: Any,
     jobs: Sequence[Job],
     config: RLConfig,
-    server: RemoteBatcher | None = None,
+    source: ReplySource | None = None,
 ) -> list[Episode]:
-    """Play every job at once, the student's turns batched across episodes (or on a server)."""
-    batcher: ReplySource = server or Batcher(
+    """Play every job at once, the student's turns batched across episodes.
+
+    ``source`` generates the replies: the run's engine (its weights refreshed after each
+    update) or a server; without one, a Batcher is made for these jobs alone.
+    """
+    seed = jobs[0][3] if jobs else config.seed  # each step's own sampling streams
+    replies = source or Batcher(
         model,
         tokenizer,
         max_batch=min(len(jobs), 16),
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         top_p=config.top_p,
-        seed=jobs[0][3] if jobs else config.seed,  # each step's own stream
+        seed=seed,
     )
+    if isinstance(replies, Engine):
+        replies.reseed(seed)
+        replies.expect(len(jobs), len(jobs))  # a schedule set by the jobs, not thread timing
     student = StudentConfig(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
     )
@@ -153,9 +162,13 @@ def run_rollouts(
     def play(job: Job) -> Episode:
         group, env_id, task_id, seed = job
         env = make(env_id, split=config.split, max_episode_steps=config.max_turns)
-        agent = StudentAgent(model, tokenizer, student, batcher=batcher)
-        t = rollout(env, agent, seed=seed, task_id=task_id)
-        agent.end()
+        agent = StudentAgent(model, tokenizer, student, batcher=replies)
+        try:
+            t = rollout(env, agent, seed=seed, task_id=task_id)
+        finally:
+            agent.end()
+            if isinstance(replies, Engine):
+                replies.finished()
         env.close()
         return Episode(group, t, tuple(agent.turns))
 
@@ -163,9 +176,31 @@ def run_rollouts(
         with ThreadPoolExecutor(max(len(jobs), 1)) as pool:
             return list(pool.map(play, jobs))
     finally:
-        if server is None:
-            batcher.close()
+        if source is None:
+            replies.close()
         release_freed_memory()  # the rollouts' KV caches, before the update allocates
+
+
+def _run_engine(accelerator: Any, model: Any, tokenizer: Any, config: RLConfig) -> Engine | None:
+    """One local engine for the whole run, computing in the training's precision.
+
+    None where the engine cannot run the model: each step then makes its own Batcher.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    engine = local_engine(
+        accelerator.unwrap_model(model),
+        tokenizer,
+        slots=len(step_jobs(task_pool(config), config, 0, rank, world)),
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=config.seed,
+        dtype="bfloat16" if accelerator.mixed_precision == "bf16" else "float32",
+    )
+    if isinstance(engine, Engine):
+        return engine
+    engine.close()
+    return None
 
 
 def task_pool(config: RLConfig) -> list[tuple[str, str]]:
@@ -237,6 +272,7 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
         )
         if state["step"]:  # resumed: serve the policy as it was at the checkpoint
             _sync(server, accelerator, model, out, state["step"])
+    source: ReplySource | None = server or _run_engine(accelerator, model, tokenizer, config)
     started = time.perf_counter()
     progress = step_progress("grpo", "success", accelerator.is_main_process)
     progress.start()
@@ -248,7 +284,9 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
         policy = accelerator.unwrap_model(model)
         policy.eval()
         jobs = step_jobs(pool, config, step, rank, world)
-        episodes = run_rollouts(policy, tokenizer, jobs, config, server)
+        if isinstance(source, Engine):
+            source.refresh()  # the policy as the last update left it
+        episodes = run_rollouts(policy, tokenizer, jobs, config, source)
         policy.train()
         rollout_s = time.perf_counter() - t0
         rewards, batch, scored = _scored(episodes, config, extra_reward, teacher)
@@ -268,8 +306,8 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
             save_checkpoint(out, accelerator, state)
     progress.stop()
     save_checkpoint(out, accelerator, state)
-    if server is not None:
-        server.close()
+    if source is not None:
+        source.close()
     final = config.trained().folder
     history = state["history"]
     if accelerator.is_main_process:
