@@ -3,6 +3,13 @@
 It authenticates the user, asks for every fact it needs that the user has not said yet
 (it never uses an id the conversation has not shown), confirms each write, and reports the
 facts the user must be told. Its words come from the domain's ``expert.yaml``.
+
+It says its plan before acting: what it will do for the request and why, when it asks for
+identity (``plans``), and with a request's first look-up (``lookups``) or a transfer. Each
+message records those sentences as ``Message.plan`` (they open its content), so that
+:func:`trajgym.rollouts.rationale.strip_rationale` removes exactly them and nothing else.
+A confirmation also says what the expert will do, but it is the question the policy
+requires before a write: it is not a plan.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class ScriptedExpert:
     def __init__(self) -> None:
         self._plan: Iterator[Message] | None = None
         self._messages: Sequence[Message] = ()
+        self._said_plan = ""  # the plan _ask_auth opened its text with, for _say to mark
 
     @property
     def provenance(self) -> Provenance:
@@ -55,6 +63,7 @@ class ScriptedExpert:
         self.rng = random.Random(context.seed)
         self.confirm_tools = set(context.confirm_tools)
         self._calls = 0
+        self._said_plan = ""
         self._plan = self._script()
 
     def act(self, messages: Sequence[Message]) -> Message:
@@ -98,15 +107,17 @@ class ScriptedExpert:
         kind = intents[0].kind if intents else ""
         plan = self._pick(plans.get(kind) or plans.get("default") or [""])
         # The words are the domain's, per authentication tool (its first gold auth call).
-        return self._pick(self.words["ask_auth"][auth_tool]).format(plan=plan).strip()
+        template = self._pick(self.words["ask_auth"][auth_tool])
+        self._said_plan = plan.strip() if template.startswith("{plan}") else ""
+        return template.format(plan=plan).strip()
 
     def _step(self, intent: Intent, action: Action) -> Message:
         """The call of ``action``; the intent's first look-up says what it is for."""
         if action.name.startswith("transfer_to_human"):
-            return self._call(action, content=self._pick(self.words["transfer"]))
+            return self._call(action, plan=self._pick(self.words["transfer"]))
         lookup = self.words.get("lookups", {}).get(intent.kind)
         if lookup and intent.actions and action == intent.actions[0]:
-            return self._call(action, content=lookup.format(**addressed(intent.slots)))
+            return self._call(action, plan=lookup.format(**addressed(intent.slots)))
         return self._call(action)
 
     def _report(self, intent: Intent) -> str:
@@ -118,15 +129,20 @@ class ScriptedExpert:
         return any(value in m.text for m in self._messages if m.role == "user")
 
     def _say(self, text: str) -> Message:
-        return Message(role="assistant", content=text)
+        """A message without a call; it opens with a plan only when _ask_auth just said one."""
+        plan, self._said_plan = self._said_plan, ""
+        if not (plan and text.startswith(plan + " ")):
+            plan = ""
+        return Message(role="assistant", content=text, plan=plan or None)
 
-    def _call(self, action: Action, content: str | None = None) -> Message:
+    def _call(self, action: Action, plan: str | None = None) -> Message:
+        """The call of ``action``, said with ``plan`` (the message's whole content) if any."""
         self._calls += 1
         arguments = json.dumps(action.arguments, separators=(",", ":"))
         call = ToolCall(
             id=f"call_{self._calls}", function=FunctionCall(name=action.name, arguments=arguments)
         )
-        return Message(role="assistant", content=content, tool_calls=(call,))
+        return Message(role="assistant", content=plan, tool_calls=(call,), plan=plan or None)
 
     def _pick(self, options: Sequence[str]) -> str:
         return options[self.rng.randrange(len(options))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 SCHEMA_VERSION = 1  # the default of Trajectory.schema_version
 
@@ -46,10 +46,30 @@ class Message(Frozen):
     tool_calls: tuple[ToolCall, ...] | None = None
     tool_call_id: str | None = Field(default=None, description="For role=tool: the call answered.")
     name: str | None = Field(default=None, description="For role=tool: the tool's name.")
+    plan: str | None = Field(
+        default=None,
+        description="For role=assistant: the leading sentences of content that say what the "
+        "agent will do and why (content is the plan, or the plan, a space and the rest). "
+        "Already in content, so left out of to_openai; it marks what strip_rationale removes.",
+    )
+
+    @model_validator(mode="after")
+    def _plan_leads_content(self) -> Message:
+        """A plan opens an assistant message and comes before something: words or a call."""
+        if self.plan is None:
+            return self
+        content = self.content or ""
+        leads = bool(self.plan) and (content == self.plan or content.startswith(self.plan + " "))
+        if self.role != "assistant" or not leads or (content == self.plan and not self.tool_calls):
+            raise ValueError(
+                "plan must be the start of an assistant message's content (followed by a space "
+                "and more words, or all of it when the message makes a tool call)"
+            )
+        return self
 
     def to_openai(self) -> dict[str, Any]:
         """Return the plain dict an OpenAI-compatible API expects."""
-        return self.model_dump(mode="json", exclude_none=True)
+        return self.model_dump(mode="json", exclude_none=True, exclude={"plan"})
 
     @property
     def text(self) -> str:
@@ -214,6 +234,11 @@ class Provenance(Frozen):
     agent: str = Field(description="Agent class or name, e.g. 'ScriptedExpert'.")
     model: str | None = None
     decoding: dict[str, JsonValue] = Field(default_factory=dict)
+    edits: tuple[str, ...] = Field(
+        (),
+        description="What was done to the messages after the episode was played, in order, "
+        "e.g. 'strip_rationale': they are then no longer exactly the agent's.",
+    )
 
 
 class StepTiming(Frozen):
