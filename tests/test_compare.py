@@ -22,7 +22,7 @@ def test_compare_smoke_trains_a_student_per_source_and_resumes(tmp_path) -> None
     args = ["compare", "configs/compare.yaml", "--smoke", "--set", f"output_dir={out}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "results" / "report.json").read_text())
     data = out / "data" / "b2"
     # Teacher data is verified; the untrained generator's own episodes all fail, so the self
     # source is empty and says so, while on-policy data labels those failed episodes.
@@ -30,7 +30,7 @@ def test_compare_smoke_trains_a_student_per_source_and_resumes(tmp_path) -> None
     assert available["teacher"] == available["on_policy"] == available["logit_kd"] == 2
     assert available["self"] == 0 and "self student" not in report["results"]
     assert available["opd"] is None  # it plays its own episodes
-    assert "self yielded none" in (out / "report.md").read_text()
+    assert "self yielded none" in (out / "results" / "report.md").read_text()
     assert report["matched_budget"] == {"2": 2}
     for source in ("teacher", "on_policy"):
         assert len(list(read_trajectories(data / f"{source}.jsonl"))) == 2
@@ -53,12 +53,12 @@ def test_compare_smoke_trains_a_student_per_source_and_resumes(tmp_path) -> None
     assert set(report["results"]) == {"teacher", "base student", "sft+rl student", *students}
     assert all(set(by_place) == places for by_place in report["results"].values())
     assert report["results"]["teacher"]["test"]["success_rate"] == 1.0
-    assert (out / "success.png").stat().st_size
-    assert "test minus ood" in (out / "report.md").read_text()
+    assert (out / "results" / "success.png").stat().st_size
+    assert "test minus ood" in (out / "results" / "report.md").read_text()
     # Resuming redoes nothing and reports the same.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert json.loads((out / "report.json").read_text())["results"] == report["results"]
+    assert json.loads((out / "results" / "report.json").read_text())["results"] == report["results"]
     assert len(list(read_trajectories(out / "data" / "self.rollouts.jsonl"))) == 4
 
 

@@ -24,10 +24,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, cast
 
+from trajgym.config import save_config
+from trajgym.experiments.cells import (
+    Cell,
+    CellRecord,
+    ResultsFolder,
+    cell_digest,
+    cell_identity,
+    display_name,
+    free_weights,
+    made_by,
+    needed_weights,
+    outcomes_of,
+    plan_cells,
+    reference_identity,
+)
 from trajgym.experiments.compare_config import (
     CompareConfig,
     CompareEval,
@@ -37,14 +51,20 @@ from trajgym.experiments.compare_config import (
     RolloutStage,
     Source,
 )
-from trajgym.experiments.compare_report import plot_budgets, render_compare_report
+from trajgym.experiments.compare_report import (
+    compare_report,
+    plot_budgets,
+    render_compare_report,
+    report_results,
+)
+from trajgym.experiments.pools import ensure_pools
 from trajgym.experiments.report import data_statistics, plot_results
-from trajgym.experiments.sources import Pools, Student, make_student
-from trajgym.experiments.stages import Place, Results, evaluate, results_json, student
+from trajgym.experiments.sources import Pools, dagger_plan, make_student
+from trajgym.experiments.stages import Place, evaluate, student
 from trajgym.records.store import read_trajectories
 from trajgym.rollouts.config import AgentSpec
-from trajgym.rollouts.selfgen import SelfGenConfig, self_generate
 from trajgym.train.common import TrainedModel
+from trajgym.train.identity import folder_digest
 
 __all__ = [
     "CompareConfig",
@@ -59,8 +79,16 @@ __all__ = [
 
 
 def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every stage; returns the report, also written to the output folder."""
+    """Run (or resume) every cell; returns the report, also written to the results folder.
+
+    Cells run one after another: trained, evaluated, recorded in the results folder, then
+    their weights deleted unless a later cell starts from them. A recorded cell whose
+    identity is unchanged is skipped; a changed one is recomputed.
+    """
     out = config.output_dir
+    results = ResultsFolder(config.results_dir or out / "results")
+    results.root.mkdir(parents=True, exist_ok=True)
+    save_config(config, results.root / "config.yaml")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -69,163 +97,170 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
         timings[name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
 
-    pools, generator = _pools(config, show_progress, lap)
-    available = {s: _available(s, pools) for s in config.sources}
+    pools, generator = ensure_pools(config, results, show_progress, lap)
+    available: dict[str, int | None] = {s: _available(s, pools) for s in config.sources}
     trainable = [s for s in config.sources if available[s] is None or available[s]]
     bounded = [n for s in trainable if (n := available[s]) is not None]
-    students: dict[str, Student] = {}
-    matched: dict[int, int] = {}
-    for budget in config.budget_list:
-        matched[budget] = min([budget, *bounded])
-        for source in trainable:
-            name = _name(config, source, budget)
-            if name not in students:
-                students[name] = make_student(config, source, matched[budget], pools)
-                lap(f"train_{name}_s")
-    results = _evaluate_all(config, students, show_progress)
-    lap("eval_s")
-    report = {
-        "env": config.env,
-        "k": config.eval.k,
-        "budgets": config.budget_list,
-        "matched_budget": matched,
-        "available": available,
-        "keep": config.keep,
-        "generator": generator.student + (f"+{generator.adapter}" if generator.adapter else ""),
-        "white_box": config.white_box.model_dump() if config.white_box else None,
-        "students": {
-            n: {"source": _source_of(n), "budget": _budget_of(n, config)} for n in students
-        },
-        "compute": {n: s.compute for n, s in students.items()},
-        "data": {
-            n: data_statistics(
-                config.sft_config(n, s.data), _generated(config, n, pools), str(s.model.folder)
-            )
-            for n, s in students.items()
-            if s.data is not None
-        },
-        "results": results_json(results),
-        "timings": timings,
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(render_compare_report(report, results))
-    plot_results(results, out / "success.png")
+    matched = {b: min([b, *bounded]) for b in config.budget_list}
+    places = _places(config)
+    records = _reference_cells(config, places, results, show_progress)
+    plan = plan_cells(config, trainable)
+    for i, cell in enumerate(plan):
+        name = display_name(config, cell)
+        records[name] = _run_cell(config, cell, matched[cell.budget], pools, places, results)
+        lap(f"cell_{cell.name}_s")
+        keep = needed_weights(config, plan[i + 1 :], matched)
+        for students in sorted(out.glob("students*")):
+            free_weights(students, keep)
+    report = compare_report(config, records, matched, available, generator, timings)
+    (results.root / "report.json").write_text(json.dumps(report, indent=1))
+    metrics = report_results(records)
+    (results.root / "report.md").write_text(render_compare_report(report, metrics))
+    plot_results(metrics, results.root / "success.png")
     if len(config.budget_list) > 1:
-        plot_budgets(report, out / "budgets.png")
+        plot_budgets(report, results.root / "budgets.png")
     return report
 
 
-def _pools(config: CompareConfig, show_progress: bool, lap: Any) -> tuple[Pools, TrainedModel]:
-    """The teacher's harvest, the generator, its episodes and their labels.
-
-    Made for the largest budget; a smaller budget takes each pool's first trajectories.
-    """
-    data = config.output_dir / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    largest = config.budget_list[-1]
-    teacher = data / "teacher.jsonl"
-    self_generate(_sampling(config, config.teacher, teacher, None, 0, 1, largest), show_progress)
-    rollouts = data / "teacher.rollouts.jsonl"
-    pools = Pools(teacher=teacher, teacher_rollouts=rollouts)
-    lap("harvest_s")
-    generator = _generator(config, pools)
-    lap("generator_s")
-    # The generator plays train tasks the teacher's harvest did not use.
-    harvested = len({t.task_id for t in read_trajectories(rollouts)})
-    spec = student(generator, config.rollouts.max_new_tokens, config.rollouts.temperature)
-    play = _sampling(config, spec, data / "self.jsonl", "self", harvested, None, largest)
-    pools = replace(pools, first_free_task=harvested + config.rollouts.max_tasks)
-    if {"self", "on_policy"} & set(config.sources):
-        self_generate(play, show_progress)
-        pools = replace(pools, self_=play.output)
-    lap("rollouts_s")
-    if "on_policy" in config.sources:
-        from trajgym.rollouts.onpolicy import label_file
-
-        labels = data / "on_policy.jsonl"
-        label_file(play.rollouts_path, labels, config.teacher, largest, show_progress=show_progress)
-        pools = replace(pools, labels=labels)
-    lap("labels_s")
-    return pools, generator
-
-
-def _sampling(
+def _run_cell(
     config: CompareConfig,
-    agent: AgentSpec,
-    output: Path,
-    provenance: Literal["self"] | None,
-    first_task: int,
-    samples: int | None,
-    target: int,
-) -> SelfGenConfig:
-    """Episodes by ``agent`` on train tasks until ``target`` are kept."""
-    r = config.rollouts
-    return SelfGenConfig(
-        env=config.env,
-        agent=agent,
-        samples_per_task=samples or r.samples_per_task,
-        first_task=first_task,
-        max_tasks=target * 4 if samples == 1 else r.max_tasks,
-        tasks_per_round=target if samples == 1 else r.tasks_per_round,
-        target=target,
-        keep=config.keep,
-        judge=config.judge,
-        provenance=provenance,
-        seed=config.seed,
-        output=output,
-        concurrency=64 if agent.kind == "expert" else r.concurrency,
-        max_turns=r.max_turns,
+    cell: Cell,
+    budget: int,
+    pools: Pools,
+    places: list[Place],
+    results: ResultsFolder,
+) -> CellRecord:
+    """One cell: its record if made with this identity, else trained, evaluated, recorded."""
+    identity = cell_identity(config, cell, budget, pools, places)
+    digest = cell_digest(identity)
+    recorded = results.fresh(cell.name, digest)
+    if recorded is not None:
+        return recorded
+    started = time.perf_counter()
+    made = make_student(config.with_seed(cell.seed), cast(Source, cell.source), budget, pools)
+    trained_s = time.perf_counter() - started
+    reproduced = _reproduced(config, cell, budget, results)
+    name = display_name(config, cell)
+    spec = student(made.model, config.eval.max_new_tokens)
+    evaluated = evaluate({name: spec}, places, config.eval, _eval_dir(config, cell), config.seed)
+    outcomes, errors = _outcomes(config, cell, places)
+    data = None
+    if made.data is not None:
+        generated = _generated(config, cell.source, cell.budget, pools)
+        sft = config.sft_config(cell.name, made.data)
+        data = data_statistics(sft, generated, str(made.model.folder))
+    record = CellRecord(
+        name=cell.name,
+        source=cell.source,
+        budget=cell.budget,
+        seed=cell.seed,
+        digest=digest,
+        identity=identity,
+        student=folder_digest(made.model.folder),
+        outcomes=outcomes,
+        infrastructure_errors=errors,
+        metrics={p: m.as_json() for p, m in evaluated[name].items()},
+        compute=dict(made.compute),
+        data=data,
+        timings={
+            "train_s": round(trained_s, 1),
+            "total_s": round(time.perf_counter() - started, 1),
+        },
+        made_by=made_by(),
+        reproduced=reproduced,
     )
+    results.save(record)
+    return record
 
 
-def _generator(config: CompareConfig, pools: Pools) -> TrainedModel:
-    """The student that plays for self / on-policy data.
+def _reproduced(
+    config: CompareConfig, cell: Cell, budget: int, results: ResultsFolder
+) -> dict[str, bool]:
+    """For each recorded student this cell started from: were its weights made again alike?
 
-    Given, or the teacher student at the largest budget the harvest allows (the same
-    training as that source's student, so it is done once).
+    ``sft+rl`` continues the teacher student at its budget and DAgger's round 0 is the
+    teacher student at its demonstrations; on a machine that lacks their weights they are
+    retrained, and their digests are held to the recorded ones (a different CPU or precision
+    may not reproduce them bit for bit: the record then says so).
     """
-    if config.generator:
-        return TrainedModel(student=config.generator, adapter=config.generator_adapter)
-    harvested = sum(1 for t in read_trajectories(pools.teacher) if t.status == "ok")
-    size = min(config.budget_list[-1], harvested)
-    return make_student(config, "teacher", size, pools).model
+    starts = []
+    if cell.source == "sft+rl":
+        starts.append(budget)
+    if cell.source == "dagger":
+        d = config.dagger
+        demos, _ = dagger_plan(budget, d.rounds, d.demo_share)
+        starts += [demos] if demos else []
+    out = {}
+    seeded = config.with_seed(cell.seed)
+    for b in starts:
+        start = Cell(source="teacher", budget=b, seed=cell.seed)
+        recorded = results.records().get(start.name)
+        folder = seeded.sft_config(f"b{b}/teacher", Path()).trained().folder
+        if recorded is not None and recorded.student and folder.exists():
+            out[start.name] = folder_digest(folder) == recorded.student
+    return out
 
 
-def _available(source: Source, pools: Pools) -> int | None:
-    """Usable trajectories in the pool a source draws from (None: it makes its own)."""
-    if source == "opd":  # it plays its own episodes: no pool bounds its budget
-        return None
-    pool = {"self": pools.self_, "on_policy": pools.labels}.get(source, pools.teacher)
-    if pool is None:
-        return 0
-    return sum(1 for t in read_trajectories(pool) if t.status == "ok")
-
-
-def _name(config: CompareConfig, source: Source, budget: int) -> str:
-    """A student's name in the report: the source, and the budget when there are several."""
-    return f"{source} student" + (f" @{budget}" if len(config.budget_list) > 1 else "")
-
-
-def _source_of(name: str) -> str:
-    return name.split(" student")[0]
-
-
-def _budget_of(name: str, config: CompareConfig) -> int:
-    return int(name.split("@")[1]) if "@" in name else config.budget_list[0]
-
-
-def _evaluate_all(
-    config: CompareConfig, students: dict[str, Student], show_progress: bool
-) -> Results:
+def _reference_cells(
+    config: CompareConfig, places: list[Place], results: ResultsFolder, show_progress: bool
+) -> dict[str, CellRecord]:
+    """The teacher and the untrained base student, evaluated where the students are."""
     e = config.eval
-    base = TrainedModel(student=config.sft_config("base", Path()).model)
     agents: dict[str, AgentSpec] = {}
     if e.teacher:
         agents["teacher"] = config.teacher
     if e.base:
+        base = TrainedModel(student=config.sft_config("base", Path()).model)
         agents["base student"] = student(base, e.max_new_tokens)
-    for name, trained in students.items():
-        agents[name] = student(trained.model, e.max_new_tokens)
+    records = {}
+    for name, agent in agents.items():
+        cell = Cell(source=name.replace(" ", "-"), budget=0)
+        identity = reference_identity(config, agent, places)
+        digest = cell_digest(identity)
+        recorded = results.fresh(cell.name, digest)
+        if recorded is None:
+            started = time.perf_counter()
+            evaluated = evaluate({name: agent}, places, e, _eval_dir(config, cell), config.seed)
+            outcomes, errors = _outcomes(config, cell, places)
+            recorded = CellRecord(
+                name=cell.name,
+                source=cell.source,
+                budget=0,
+                digest=digest,
+                identity=identity,
+                student=None,
+                outcomes=outcomes,
+                infrastructure_errors=errors,
+                metrics={p: m.as_json() for p, m in evaluated[name].items()},
+                compute={},
+                timings={"total_s": round(time.perf_counter() - started, 1)},
+                made_by=made_by(),
+            )
+            results.save(recorded)
+        records[name] = recorded
+    return records
+
+
+def _eval_dir(config: CompareConfig, cell: Cell) -> Path:
+    return config.output_dir / "eval" / cell.name
+
+
+def _outcomes(
+    config: CompareConfig, cell: Cell, places: list[Place]
+) -> tuple[dict[str, dict[str, list[bool]]], dict[str, list[str]]]:
+    outcomes, errors = {}, {}
+    for place in places:
+        store = next(_eval_dir(config, cell).glob(f"*-{_slug(place.label)}.jsonl"))
+        outcomes[place.label], errors[place.label] = outcomes_of(store)
+    return outcomes, errors
+
+
+def _slug(label: str) -> str:
+    return label.replace(" ", "-").replace("(", "").replace(")", "")
+
+
+def _places(config: CompareConfig) -> list[Place]:
+    e = config.eval
     places = [Place(env=config.env, split=s, label=s, num_tasks=e.num_tasks) for s in e.splits]
     if e.heldout_env:
         label = f"{e.heldout_env.split('/')[-1]} (held-out domain)"
@@ -238,17 +273,25 @@ def _evaluate_all(
                 families=e.heldout_families,
             )
         )
-    return evaluate(agents, places, e, config.output_dir / "eval", config.seed, show_progress)
+    return places
 
 
-def _generated(config: CompareConfig, name: str, pools: Pools) -> Path:
+def _available(source: Source, pools: Pools) -> int | None:
+    """Usable trajectories in the pool a source draws from (None: it makes its own)."""
+    if source == "opd":  # it plays its own episodes: no pool bounds its budget
+        return None
+    pool = {"self": pools.self_, "on_policy": pools.labels}.get(source, pools.teacher)
+    if pool is None:
+        return 0
+    return sum(1 for t in read_trajectories(pool) if t.status == "ok")
+
+
+def _generated(config: CompareConfig, source: str, budget: int, pools: Pools) -> Path:
     """The file of every episode generated to obtain a student's data (kept or not)."""
-    source = _source_of(name)
     if source == "on_policy" and pools.labels is not None:
         return pools.labels
     if source == "self" and pools.self_ is not None:
         return pools.self_.with_name(pools.self_.stem + ".rollouts.jsonl")
     if source == "dagger":
-        budget = _budget_of(name, config)
         return config.output_dir / "data" / f"b{budget}" / "dagger" / "all.jsonl"
     return pools.teacher_rollouts

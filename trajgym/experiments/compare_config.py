@@ -89,7 +89,25 @@ class CompareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     env: str = Field("trajgym/RetailLite-v0", description="Environment id (train and eval).")
-    output_dir: Path = Field(Path("runs/compare"), description="Everything the run writes.")
+    output_dir: Path = Field(
+        Path("runs/compare"), description="Work files: weights, episodes, evaluation stores."
+    )
+    results_dir: Path | None = Field(
+        None,
+        description="The run's results, small enough to commit (cells, data pools, report); "
+        "a run resumes from it on any machine (None: <output_dir>/results).",
+    )
+    students_dir: str = Field(
+        "students", description="Where under output_dir the students train (one per seed)."
+    )
+    noise_floor: bool = Field(
+        False,
+        description="Also train output imitation at the largest budget with another seed, "
+        "and evaluate it twice with sampling at two seeds: how much outcomes move by chance.",
+    )
+    noise_floor_temperature: float = Field(
+        1.0, gt=0, description="Sampling temperature of the noise floor's two evaluations."
+    )
     seed: int = Field(0, description="Seed for generation and training.")
     budget: int = Field(64, ge=1, description="Trajectories per source (matched).")
     budgets: list[int] | None = Field(
@@ -143,6 +161,14 @@ class CompareConfig(BaseModel):
             )
         return self
 
+    def with_seed(self, seed: int | None) -> CompareConfig:
+        """The same run with students trained at another seed, in their own folders."""
+        if seed is None:
+            return self
+        sft = self.sft.model_copy(update={"seed": seed})
+        rl = self.rl.model_copy(update={"seed": seed})
+        return self.model_copy(update={"sft": sft, "rl": rl, "students_dir": f"students-s{seed}"})
+
     @property
     def budget_list(self) -> list[int]:
         """The budgets trained at, smallest first."""
@@ -152,7 +178,7 @@ class CompareConfig(BaseModel):
         """The SFT run of one student: same base and settings for every source."""
         seed = {} if "seed" in self.sft.model_fields_set else {"seed": self.seed}
         fields = self.sft.model_dump(exclude_unset=True) | seed
-        fields |= {"data": [data], "output_dir": self.output_dir / "students" / name}
+        fields |= {"data": [data], "output_dir": self.output_dir / self.students_dir / name}
         if distill and self.white_box is not None:
             fields["distill"] = self.logit_kd.model_dump() | {
                 "teacher": self.white_box.student,
@@ -173,7 +199,7 @@ class CompareConfig(BaseModel):
             "adapter": start.adapter,
             "envs": [self.env],
             "iterations": max(1, -(-episodes // per_step)),
-            "output_dir": self.output_dir / "students" / name,
+            "output_dir": self.output_dir / self.students_dir / name,
         }
         fields.setdefault("seed", self.seed)
         if with_teacher and self.white_box is not None:

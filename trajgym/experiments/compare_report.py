@@ -6,9 +6,56 @@ import math
 from pathlib import Path
 from typing import Any
 
+from trajgym.experiments.cells import CellRecord
+from trajgym.experiments.compare_config import CompareConfig
 from trajgym.experiments.report import family_table, results_rows
 from trajgym.experiments.stages import Results
 from trajgym.train.evaluate import EvalMetrics
+
+
+def report_results(records: dict[str, CellRecord]) -> Results:
+    """Every recorded agent's evaluation summaries, by its name in the report and place."""
+    return {
+        name: {place: EvalMetrics.from_json(m) for place, m in r.metrics.items()}
+        for name, r in records.items()
+    }
+
+
+def compare_report(
+    config: CompareConfig,
+    records: dict[str, CellRecord],
+    matched: dict[int, int],
+    available: dict[str, int | None],
+    generator: str,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The run's report as JSON, built from its cells' records alone.
+
+    ``records`` maps report names (``teacher``, ``base student``, ``teacher student @80``)
+    to records; a record made on another machine reads the same as one made here.
+    """
+    students = {n: r for n, r in records.items() if r.budget > 0}
+    return {
+        "env": config.env,
+        "k": config.eval.k,
+        "budgets": config.budget_list,
+        "matched_budget": matched,
+        "available": available,
+        "keep": config.keep,
+        "generator": generator,
+        "white_box": config.white_box.model_dump() if config.white_box else None,
+        "students": {
+            n: {"source": r.source, "budget": r.budget, "seed": r.seed, "cell": r.name}
+            for n, r in students.items()
+        },
+        "compute": {n: r.compute for n, r in students.items()},
+        "data": {n: r.data for n, r in students.items() if r.data is not None},
+        "results": {n: r.metrics for n, r in records.items()},
+        "outcomes": {n: r.outcomes for n, r in records.items()},
+        "made_by": {n: r.made_by for n, r in records.items()},
+        "cell_timings": {n: r.timings for n, r in records.items()},
+        "timings": timings,
+    }
 
 
 def gap(test: EvalMetrics, ood: EvalMetrics) -> tuple[float, float, float]:

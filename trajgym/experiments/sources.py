@@ -112,10 +112,10 @@ def _dagger(config: CompareConfig, budget: int, pools: Pools) -> Student:
     turns = _teacher_turns(pools.teacher_rollouts, aggregate[0])
     model = TrainedModel(student=config.sft_config("base", Path()).model)
     trained_tokens = 0
-    if demos:
-        sft = config.sft_config(f"b{budget}/dagger/round-0", aggregate[0])
-        trained_tokens += _sft_cost(_sft(sft))["trained_tokens"]
-        model = sft.trained()
+    if demos:  # round 0 is the teacher student at ``demos``: the same data, settings and seed
+        first = make_student(config, "teacher", demos, pools)
+        trained_tokens += first.compute["trained_tokens"]
+        model = first.model
     first_task = pools.first_free_task  # past the tasks the other sources played
     for r, n in enumerate(per_round, start=1):
         if n == 0:
