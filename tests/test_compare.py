@@ -28,6 +28,7 @@ def test_compare_smoke_trains_a_student_per_source_and_resumes(tmp_path) -> None
     # source is empty and says so, while on-policy data labels those failed episodes.
     available = report["available"]
     assert available["teacher"] == available["on_policy"] == available["logit_kd"] == 2
+    assert available["rationale"] == 2 and available["gad"] is None
     assert available["self"] == 0 and "self student" not in report["results"]
     assert available["opd"] is None  # it plays its own episodes
     assert "self yielded none" in (out / "results" / "report.md").read_text()
@@ -36,12 +37,19 @@ def test_compare_smoke_trains_a_student_per_source_and_resumes(tmp_path) -> None
         assert len(list(read_trajectories(data / f"{source}.jsonl"))) == 2
         assert report["data"][f"{source} student"]["trajectories"] == 2
         assert report["data"][f"{source} student"]["trained_tokens"] > 0
+    # Output imitation trains on the teacher's words without its stated plans; rationale with.
+    imitated = list(read_trajectories(data / "teacher.jsonl"))
+    reasoned = list(read_trajectories(data / "rationale.jsonl"))
+    assert [t.key for t in imitated] == [t.key for t in reasoned]
+    assert any(m.plan for t in reasoned for m in t.messages)
+    assert not any(m.plan for t in imitated for m in t.messages)
     labelled = list(read_trajectories(data / "on_policy.jsonl"))
     assert all(t.labels and t.provenance.kind == "on_policy_teacher" for t in labelled)
     # DAgger: one demonstration, then one round of one labelled episode of its own student.
     aggregated = list(read_trajectories(data / "dagger" / "all.jsonl"))
     assert [t.provenance.kind for t in aggregated] == ["expert", "on_policy_teacher"]
     compute = report["compute"]
+    assert compute["gad student"]["episodes"] == 2
     assert compute["logit_kd student"]["teacher_scored_tokens"] > 0
     assert compute["opd student"]["teacher_scored_tokens"] > 0
     assert compute["opd student"]["episodes"] == compute["sft+rl student"]["episodes"] == 2
@@ -49,7 +57,8 @@ def test_compare_smoke_trains_a_student_per_source_and_resumes(tmp_path) -> None
     assert sft_rl["trained_tokens"] >= sft["trained_tokens"]  # a group of equal rewards: none
     assert sft_rl["teacher_turns"] == sft["teacher_turns"] > 0
     places = {"test", "ood", "Airline-v0 (held-out domain)"}
-    students = {f"{s} student" for s in ("teacher", "logit_kd", "on_policy", "dagger", "opd")}
+    sources = ("teacher", "rationale", "logit_kd", "on_policy", "dagger", "opd", "gad")
+    students = {f"{s} student" for s in sources}
     assert set(report["results"]) == {"teacher", "base student", "sft+rl student", *students}
     assert all(set(by_place) == places for by_place in report["results"].values())
     assert report["results"]["teacher"]["test"]["success_rate"] == 1.0

@@ -248,6 +248,8 @@ def cell_identity(
         )
         identity["white_box"] = agent_identity(white)
         identity[source] = getattr(config, source).model_dump(mode="json")
+    if source == "gad":
+        identity["gad"] = config.gad.model_dump(mode="json")
     if source == "dagger":
         identity["dagger"] = config.dagger.model_dump(mode="json")
         identity["rollouts"] = config.rollouts.model_dump(mode="json")

@@ -278,7 +278,7 @@ def _places(config: CompareConfig) -> list[Place]:
 
 def _available(source: Source, pools: Pools) -> int | None:
     """Usable trajectories in the pool a source draws from (None: it makes its own)."""
-    if source == "opd":  # it plays its own episodes: no pool bounds its budget
+    if source in ("opd", "gad"):  # they play their own episodes: no pool bounds the budget
         return None
     pool = {"self": pools.self_, "on_policy": pools.labels}.get(source, pools.teacher)
     if pool is None:

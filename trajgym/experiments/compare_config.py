@@ -12,10 +12,13 @@ from trajgym.judges.calibration import JudgeConfig
 from trajgym.rollouts.config import AgentSpec
 from trajgym.rollouts.selfgen import Keep
 from trajgym.train.common import TrainedModel
+from trajgym.train.discriminator import DiscriminatorConfig
 from trajgym.train.rl import RLConfig, RLSettings
 from trajgym.train.sft import SFTConfig, SFTSettings
 
-Source = Literal["teacher", "logit_kd", "self", "on_policy", "dagger", "opd", "sft+rl"]
+Source = Literal[
+    "teacher", "rationale", "logit_kd", "self", "on_policy", "dagger", "opd", "gad", "sft+rl"
+]
 """Where a student's training comes from (see the module docstring of ``compare``)."""
 
 WHITE_BOX: tuple[Source, ...] = ("logit_kd", "opd")
@@ -68,6 +71,25 @@ class OPDStage(BaseModel):
 
     coef: float = Field(1.0, ge=0, description="Weight of log p_teacher - log p_student.")
     reward_coef: float = Field(0.0, ge=0, description="Weight of the reward's group advantage.")
+
+
+class GADStage(BaseModel):
+    """How gad students learn from a discriminator that tells the teacher's turns from theirs.
+
+    Black-box: the teacher only labels the states the student reached with text (as for
+    on-policy data); the discriminator, the base student with a scalar head, is trained
+    alternately with the student, and its score on each student turn is that turn's reward.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    discriminator: DiscriminatorConfig = Field(
+        default_factory=lambda: DiscriminatorConfig(),
+        description="The discriminator (its model: the base student when unset).",
+    )
+    success_coef: float = Field(
+        0.0, ge=0, description="Weight of the verified reward beside the discriminator's."
+    )
 
 
 class CompareEval(EvalStage):
@@ -136,6 +158,7 @@ class CompareConfig(BaseModel):
     dagger: DaggerStage = Field(default_factory=lambda: DaggerStage(), description="DAgger.")
     logit_kd: LogitKDStage = Field(default_factory=lambda: LogitKDStage(), description="KD.")
     opd: OPDStage = Field(default_factory=lambda: OPDStage(), description="On-policy distill.")
+    gad: GADStage = Field(default_factory=lambda: GADStage(), description="Black-box OPD.")
     sft: SFTSettings = Field(
         default_factory=lambda: SFTSettings(), description="How every student is fine-tuned."
     )

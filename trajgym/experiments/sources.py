@@ -21,6 +21,7 @@ from trajgym.experiments.stages import student, train_once
 from trajgym.records.schema import Trajectory
 from trajgym.records.store import read_trajectories
 from trajgym.rollouts.onpolicy import label_file
+from trajgym.rollouts.rationale import strip_file
 from trajgym.rollouts.selfgen import SelfGenConfig, self_generate
 from trajgym.train.common import TrainedModel
 from trajgym.train.rl import RLConfig
@@ -31,11 +32,22 @@ from trajgym.train.sft import SFTConfig
 class Pools:
     """The data every budget draws from, made once for the largest budget."""
 
-    teacher: Path  # kept teacher trajectories
+    teacher: Path  # kept teacher trajectories, as the teacher wrote them (its plans said)
     teacher_rollouts: Path  # every teacher episode played, kept or not
     self_: Path | None = None  # the generator's kept episodes
     labels: Path | None = None  # the generator's episodes, labelled by the teacher
     first_free_task: int = 0  # train tasks from here on were played by nobody yet
+
+    @property
+    def outputs(self) -> Path:
+        """The teacher's trajectories with its stated plans stripped: output imitation's data.
+
+        Tool calls and final answers are byte-identical to the teacher's; only the sentences
+        in which it says what it will do and why are gone (``rationale`` keeps them).
+        """
+        stripped = self.teacher.with_name("teacher.outputs.jsonl")
+        strip_file(self.teacher, stripped)
+        return stripped
 
 
 @dataclass
@@ -52,8 +64,13 @@ def make_student(config: CompareConfig, source: Source, budget: int, pools: Pool
     folder = f"b{budget}/{source}"
     data = config.output_dir / "data" / f"b{budget}"
     data.mkdir(parents=True, exist_ok=True)
+    if source == "rationale":  # the teacher's trajectories, its stated plans kept
+        train_file = _first(pools.teacher, data / "rationale.jsonl", budget)
+        sft = config.sft_config(folder, train_file)
+        compute = {"teacher_turns": _teacher_turns(pools.teacher_rollouts, train_file)}
+        return Student(sft.trained(), train_file, compute | _sft_cost(_sft(sft)))
     if source in ("teacher", "logit_kd"):
-        train_file = _first(pools.teacher, data / "teacher.jsonl", budget)
+        train_file = _first(pools.outputs, data / "teacher.jsonl", budget)
         sft = config.sft_config(folder, train_file, distill=source == "logit_kd")
         done = _sft(sft)
         compute = {"teacher_turns": _teacher_turns(pools.teacher_rollouts, train_file)}
@@ -75,6 +92,8 @@ def make_student(config: CompareConfig, source: Source, budget: int, pools: Pool
         done = _rl(rl)
         compute = {"teacher_scored_tokens": sum(h["teacher_tokens"] for h in done["history"])}
         return Student(rl.trained(), None, compute | _rl_cost(done))
+    if source == "gad":
+        return _gad(config, folder, base, budget)
     start = make_student(config, "teacher", budget, pools)  # sft+rl: the teacher student, on
     rl = config.rl_config(folder, start.model, budget, with_teacher=False)
     cost = _rl_cost(_rl(rl))
@@ -84,6 +103,39 @@ def make_student(config: CompareConfig, source: Source, budget: int, pools: Pool
         "episodes": cost["episodes"],
     }
     return Student(rl.trained(), start.data, compute)
+
+
+def _gad(config: CompareConfig, folder: str, base: str, budget: int) -> Student:
+    """GRPO whose per-turn reward is a discriminator's score (black-box on-policy distillation)."""
+    from trajgym.train.gad import GAD, GADConfig
+
+    rl = config.rl_config(folder, base, budget, with_teacher=False)
+    rl = rl.model_copy(
+        update={"rewards": rl.rewards.model_copy(update={"success": config.gad.success_coef})}
+    )
+    settings = config.gad.discriminator
+    if "model" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"model": base})
+    gad = GAD(GADConfig(teacher=config.teacher, discriminator=settings))
+    steps: list[dict[str, float]] = []
+
+    def run() -> Any:
+        from trajgym.train.rl import train
+
+        def rewards(episodes: Any) -> list[list[float]]:
+            scores = gad(episodes)
+            steps.append(dict(gad.stats))
+            return scores
+
+        return train(rl, turn_rewards=rewards) | {"gad": steps}
+
+    done = dict(train_once(rl.output_dir, run))
+    history = done.get("gad", [])
+    compute = {
+        "discriminator_pairs": sum(int(h.get("d_pairs", 0)) for h in history),
+        "discriminator_steps": sum(int(h.get("d_steps", 0)) for h in history),
+    }
+    return Student(rl.trained(), None, compute | _rl_cost(done))
 
 
 # DAgger -------------------------------------------------------------------------------------

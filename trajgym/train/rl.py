@@ -62,6 +62,7 @@ from trajgym.train.grpo import (
 )
 from trajgym.train.masks import Sampled, generated_sequences, token_budget_batches
 from trajgym.train.tracking import accelerator_arguments, finish_trackers, start_trackers
+from trajgym.train.turn_rewards import TurnRewards, per_turn_batch, turn_advantages
 
 
 class RLSettings(ModelTraining):
@@ -237,12 +238,21 @@ def step_jobs(
 # Training -----------------------------------------------------------------------------------
 
 
-def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None = None) -> RLSummary:
+def train(
+    config: RLConfig,
+    extra_reward: Callable[[Trajectory], float] | None = None,
+    turn_rewards: TurnRewards | None = None,
+) -> RLSummary:
     """Run (or resume) GRPO; returns a summary (also written to output_dir/summary.json).
 
     ``extra_reward`` adds any score of a trajectory (a judge's, say) to the configured ones.
+    ``turn_rewards`` gives each student turn its own reward (GAD's discriminator, say): made
+    relative to its group's turns, it is added to the episode's advantage on that turn's tokens.
     """
     import torch
+
+    if turn_rewards is not None and config.teacher is not None:
+        raise ConfigError("Give per-turn rewards or a white-box teacher (teacher:), not both.")
 
     torch.manual_seed(config.seed)
     out = config.output_dir
@@ -289,7 +299,7 @@ def train(config: RLConfig, extra_reward: Callable[[Trajectory], float] | None =
         episodes = run_rollouts(policy, tokenizer, jobs, config, source)
         policy.train()
         rollout_s = time.perf_counter() - t0
-        rewards, batch, scored = _scored(episodes, config, extra_reward, teacher)
+        rewards, batch, scored = _scored(episodes, config, extra_reward, teacher, turn_rewards)
         stats = _update(model, optimizer, accelerator, batch, config, reference) | scored
         record = _gather_metrics(
             accelerator, episodes, rewards, stats, rollout_s, time.perf_counter() - t0
@@ -334,6 +344,7 @@ def _scored(
     config: RLConfig,
     extra: Callable[[Trajectory], float] | None,
     teacher: Teacher | None = None,
+    turns: TurnRewards | None = None,
 ) -> tuple[list[float], list[tuple[Sampled, Advantage]], dict[str, float]]:
     """Each episode's reward, the sequences to train on with their advantages, the teacher's.
 
@@ -348,7 +359,15 @@ def _scored(
     if extra is not None:
         rewards = [r + extra(e.trajectory) for r, e in zip(rewards, episodes, strict=True)]
     usable = [e.trajectory.status == "ok" for e in episodes]
-    advantages = group_advantages([e.group for e in episodes], rewards, config.scale_rewards)
+    groups = [e.group for e in episodes]
+    advantages = group_advantages(groups, rewards, config.scale_rewards)
+    if turns is not None:
+        per_turn = turn_advantages(groups, turns(episodes), config.scale_rewards)
+        kept = [i for i, ok in enumerate(usable) if ok]  # an errored episode teaches nothing
+        per_token = per_turn_batch(
+            [episodes[i] for i in kept], [advantages[i] for i in kept], [per_turn[i] for i in kept]
+        )
+        return rewards, per_token, {"reverse_kl": 0.0, "teacher_tokens": 0.0}
     rows = [
         (s, a)
         for e, a, ok in zip(episodes, advantages, usable, strict=True)
