@@ -84,18 +84,29 @@ def trainings(monkeypatch) -> Counter[str]:
 def test_cells_are_recorded_freed_skipped_and_recomputed_when_changed(
     models, tmp_path, trainings
 ) -> None:
-    config = _config(models, tmp_path)
+    config = _config(models, tmp_path, noise_floor=True)
     first = run_compare(config, show_progress=False)
     results = ResultsFolder(tmp_path / "results")
     recorded = results.records()
     assert set(recorded) == {
         "teacher@2",
+        "teacher@2~s1",  # the noise floor: output imitation trained at another seed
         "logit_kd@2",
         "sft+rl@2",
         "teacher@0",
         "base-student@0",
     }
-    assert sum(trainings.values()) == 3
+    assert sum(trainings.values()) == 4 and trainings["students-s1/b2/teacher"] == 1
+    assert set(recorded["teacher@2"].sampled) == {"test seed 0", "test seed 1"}
+    floor = {(r["what"], r["place"]) for r in first["noise_floor"]}
+    assert ("teacher@2 sampled at two seeds", "test") in floor
+    assert ("teacher@2 trained at two seeds", "ood") in floor
+    paired = {(r["source"], r["place"]) for r in first["paired"]}
+    assert ("logit_kd", "test") in paired and ("sft+rl", "ood") in paired
+    assert all(r["n"] == 2 for r in first["paired"] if r["place"] == "test")
+    assert first["flops"]["teacher student"]["student_training_flops"] > 0
+    assert first["flops"]["logit_kd student"]["teacher_inference_flops"] > 0
+    assert (tmp_path / "results" / "compute.png").stat().st_size
     assert recorded["sft+rl@2"].reproduced == {"teacher@2": True}  # started from those weights
     # Weights are gone once no cell needs them; the results stay whole without them.
     assert not list((tmp_path / "work" / "students").rglob("*.safetensors"))
@@ -123,10 +134,11 @@ def test_cells_are_recorded_freed_skipped_and_recomputed_when_changed(
 
     # Another training setting: every student is retrained, the references are not.
     trainings.clear()
-    changed = _config(models, tmp_path, sft={"lr": 3e-4})
+    changed = _config(models, tmp_path, sft={"lr": 3e-4}, noise_floor=True)
     run_compare(changed, show_progress=False)
     assert trainings == {  # sft+rl continues the teacher student: trained once
         "students/b2/teacher": 1,
+        "students-s1/b2/teacher": 1,
         "students/b2/logit_kd": 1,
         "students/b2/sft+rl": 1,
     }

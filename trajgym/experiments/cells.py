@@ -70,6 +70,7 @@ class CellRecord(BaseModel):
     timings: dict[str, float]
     made_by: dict[str, str]  # commit, CPU, precision, when
     reproduced: dict[str, bool] = {}  # recorded students it started from: retrained alike?
+    sampled: dict[str, dict[str, list[bool]]] = {}  # "<place> seed <s>" -> task -> outcomes
 
     def success(self, place: str) -> list[bool]:
         """Each task's outcome at ``place`` (its first sample), in task order."""

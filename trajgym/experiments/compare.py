@@ -57,6 +57,13 @@ from trajgym.experiments.compare_report import (
     render_compare_report,
     report_results,
 )
+from trajgym.experiments.compare_stats import (
+    flops,
+    noise_floor,
+    paired_table,
+    plot_compute,
+)
+from trajgym.experiments.flops import model_parameters
 from trajgym.experiments.pools import ensure_pools
 from trajgym.experiments.report import data_statistics, plot_results
 from trajgym.experiments.sources import Pools, dagger_plan, make_student
@@ -113,6 +120,16 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
         for students in sorted(out.glob("students*")):
             free_weights(students, keep)
     report = compare_report(config, records, matched, available, generator, timings)
+    labels = [p.label for p in places]
+    report["paired"] = paired_table(records, labels)
+    report["noise_floor"] = noise_floor(records, labels)
+    base = config.sft_config("base", Path()).model
+    n_student = model_parameters(_model_path(base))
+    n_teacher = (
+        model_parameters(_model_path(config.white_box.student)) if config.white_box else n_student
+    )
+    report["flops"] = {n: flops(r, n_student, n_teacher) for n, r in records.items() if r.budget}
+    plot_compute(report, results.root / "compute.png")
     (results.root / "report.json").write_text(json.dumps(report, indent=1))
     metrics = report_results(records)
     (results.root / "report.md").write_text(render_compare_report(report, metrics))
@@ -149,11 +166,16 @@ def _run_cell(
         generated = _generated(config, cell.source, cell.budget, pools)
         sft = config.sft_config(cell.name, made.data)
         data = data_statistics(sft, generated, str(made.model.folder))
+    sampled = {}
+    largest = cell.budget == config.budget_list[-1] and cell.seed is None
+    if config.noise_floor and cell.source == "teacher" and largest:
+        sampled = _sampled_twice(config, cell, made.model, places[0])
     record = CellRecord(
         name=cell.name,
         source=cell.source,
         budget=cell.budget,
         seed=cell.seed,
+        sampled=sampled,
         digest=digest,
         identity=identity,
         student=folder_digest(made.model.folder),
@@ -171,6 +193,26 @@ def _run_cell(
     )
     results.save(record)
     return record
+
+
+def _sampled_twice(
+    config: CompareConfig, cell: Cell, model: TrainedModel, place: Place
+) -> dict[str, dict[str, list[bool]]]:
+    """The noise floor's first half: one checkpoint evaluated with sampling at two seeds."""
+    out = {}
+    spec = student(model, config.eval.max_new_tokens, config.noise_floor_temperature)
+    for seed in (config.seed, config.seed + 1):
+        folder = _eval_dir(config, cell) / f"sampled-seed{seed}"
+        evaluate({"sampled": spec}, [place], config.eval, folder, seed)
+        store = next(folder.glob(f"*-{_slug(place.label)}.jsonl"))
+        out[f"{place.label} seed {seed}"] = outcomes_of(store)[0]
+    return out
+
+
+def _model_path(model: str) -> str:
+    from trajgym.agents.models import DEFAULT_STUDENT, default_student_path
+
+    return str(default_student_path()) if model == DEFAULT_STUDENT else model
 
 
 def _reproduced(

@@ -8,6 +8,7 @@ from typing import Any
 
 from trajgym.experiments.cells import CellRecord
 from trajgym.experiments.compare_config import CompareConfig
+from trajgym.experiments.compare_stats import render_stats
 from trajgym.experiments.report import family_table, results_rows
 from trajgym.experiments.stages import Results
 from trajgym.train.evaluate import EvalMetrics
@@ -92,6 +93,7 @@ def render_compare_report(report: dict[str, Any], results: Results) -> str:
         *results_rows(results, ("student", "where"), with_pass_at_k=False),
     ]
     lines += ["", *_gap_rows(results)]
+    lines += ["", *render_stats(report)]
     lines += ["", *_compute_rows(report)]
     if report["data"]:
         lines += ["", *_data_rows(report["data"])]
