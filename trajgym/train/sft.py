@@ -80,6 +80,7 @@ class SFTSummary(TypedDict):
     losses: list[float]
     final: str
     loop_s: float
+    loop_cpu_s: float  # the process's CPU time in the loop: steadier than wall on a busy machine
     tokens_per_s: float | None
     precision: str  # what ran: "bf16" or "no" (fp32), whatever the config asked
 
@@ -197,6 +198,7 @@ def train(config: SFTConfig) -> SFTSummary:
     state = load_checkpoint(out, accelerator, fresh)
     start_trackers(accelerator, config, "sft", state["step"])
     loop_started, tokens_before = time.perf_counter(), state["tokens"]
+    cpu_started = time.process_time()
     losses: list[float] = state["losses"]
     step, tokens, loss_tokens = state["step"], state["tokens"], state.get("loss_tokens", 0)
     pad = tokenizer.pad_token_id
@@ -241,6 +243,7 @@ def train(config: SFTConfig) -> SFTSummary:
                     if config.save_every and step % config.save_every == 0:
                         save_checkpoint(out, accelerator, state)
     loop_s = time.perf_counter() - loop_started
+    loop_cpu_s = time.process_time() - cpu_started
     save_checkpoint(out, accelerator, state)
     final = config.trained().folder
     if accelerator.is_main_process:
@@ -253,6 +256,7 @@ def train(config: SFTConfig) -> SFTSummary:
         "losses": losses,
         "final": str(final),
         "loop_s": round(loop_s, 3),
+        "loop_cpu_s": round(loop_cpu_s, 3),
         "tokens_per_s": round((tokens - tokens_before) / loop_s, 2) if loop_s else None,
         "precision": str(accelerator.mixed_precision),
     }
