@@ -22,6 +22,7 @@ from trajgym.records.schema import Split
 from trajgym.records.store import read_trajectories
 from trajgym.rollouts.config import AgentSpec, GenerateConfig, StudentDtype
 from trajgym.rollouts.generate import generate
+from trajgym.rollouts.runner import forget_loaded_students
 from trajgym.train.common import TrainedModel, release_freed_memory
 from trajgym.train.evaluate import EvalMetrics, summarize
 from trajgym.train.identity import agent_identity, code_identity, identity_digest
@@ -148,6 +149,8 @@ def evaluate(
             results.setdefault(name, {})[place.label] = metrics
             if timings is not None:
                 timings[f"eval_{name}_{place.label}_s"] = round(time.perf_counter() - started, 1)
+        forget_loaded_students()  # loaded once for all its places; the next agent's turn
+        release_freed_memory()
     return results
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trajgym.agents.base import Agent
@@ -143,11 +144,11 @@ def make_agent(
 def _student_batcher(config: GenerateConfig) -> Engine | Batcher:
     """One model, shared by every episode through the local engine (slots = concurrency)."""
     from trajgym.agents.engine import local_engine
-    from trajgym.agents.models import load_student, resolve_dtype
+    from trajgym.agents.models import resolve_dtype
 
     spec = config.agent
     dtype = resolve_dtype(spec.dtype)
-    model, tokenizer = load_student(spec.student, adapter=spec.adapter, dtype=dtype)
+    model, tokenizer = loaded_student(spec.student, spec.adapter, dtype)
     return local_engine(
         model,
         tokenizer,
@@ -156,6 +157,49 @@ def _student_batcher(config: GenerateConfig) -> Engine | Batcher:
         temperature=spec.temperature,
         seed=config.seed,
         dtype=dtype,
+    )
+
+
+_loaded: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # the last student loaded, by its files
+
+
+def loaded_student(student: str, adapter: str | None, dtype: str) -> tuple[Any, Any]:
+    """The student's (model, tokenizer), kept while its files are unchanged.
+
+    An agent evaluated on several places (test, ood, a held-out domain) is loaded once. The
+    key holds each file's size and modification time, so a folder retrained in place loads
+    again. Only the last student is kept; :func:`forget_loaded_students` drops it.
+    """
+    from trajgym.agents.models import DEFAULT_STUDENT, default_student_path, load_student
+
+    key = (
+        student,
+        adapter,
+        dtype,
+        _files(student, DEFAULT_STUDENT, default_student_path),
+        _files(adapter),
+    )
+    if key not in _loaded:
+        forget_loaded_students()
+        _loaded[key] = load_student(student, adapter=adapter, dtype=dtype)
+    return _loaded[key]
+
+
+def forget_loaded_students() -> None:
+    """Let the kept student's memory go."""
+    _loaded.clear()
+
+
+def _files(name: str | None, default: str = "", default_path: Any = None) -> tuple[Any, ...]:
+    if name is None:
+        return ()
+    folder = Path(default_path()) if name == default and default_path else Path(name)
+    if not folder.is_dir():
+        return ()
+    return tuple(
+        (str(p), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     )
 
 

@@ -18,12 +18,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from pydantic import Field, model_validator
 
 from trajgym.agents.batching import Batcher
-from trajgym.agents.engine import Engine, local_engine
 from trajgym.agents.remote import RemoteBatcher, ServerConfig
 from trajgym.agents.replies import ReplySource
 from trajgym.agents.student import StudentAgent, StudentConfig
@@ -63,6 +62,9 @@ from trajgym.train.grpo import (
 from trajgym.train.masks import Sampled, generated_sequences, token_budget_batches
 from trajgym.train.tracking import accelerator_arguments, finish_trackers, start_trackers
 from trajgym.train.turn_rewards import TurnRewards, per_turn_batch, turn_advantages
+
+if TYPE_CHECKING:
+    from trajgym.agents.engine import Engine
 
 
 class RLSettings(ModelTraining):
@@ -143,6 +145,8 @@ def run_rollouts(
     ``source`` generates the replies: the run's engine (its weights refreshed after each
     update) or a server; without one, a Batcher is made for these jobs alone.
     """
+    from trajgym.agents.engine import Engine  # torch: imported where generation runs
+
     seed = jobs[0][3] if jobs else config.seed  # each step's own sampling streams
     replies = source or Batcher(
         model,
@@ -187,6 +191,8 @@ def _run_engine(accelerator: Any, model: Any, tokenizer: Any, config: RLConfig) 
 
     None where the engine cannot run the model: each step then makes its own Batcher.
     """
+    from trajgym.agents.engine import Engine, local_engine
+
     world, rank = accelerator.num_processes, accelerator.process_index
     engine = local_engine(
         accelerator.unwrap_model(model),
@@ -250,6 +256,8 @@ def train(
     relative to its group's turns, it is added to the episode's advantage on that turn's tokens.
     """
     import torch
+
+    from trajgym.agents.engine import Engine
 
     if turn_rewards is not None and config.teacher is not None:
         raise ConfigError("Give per-turn rewards or a white-box teacher (teacher:), not both.")
