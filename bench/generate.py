@@ -16,6 +16,15 @@ Variants (each in this process, one after another, on the same model):
   and log-probs out). Its start-up is timed apart and not counted in episodes/s.
 Target (issue 33): engine-auto / batcher-fp32 >= 3x episodes/s.
 
+Measured 2026-12-07 (AMD EPYC, 2 cores, avx512_bf16: auto = bf16; quiet machine; the base
+student, 16 episodes, 8 in flight; every variant 16/16 outcomes alike, 0/16 successes):
+batcher-fp32 0.522 episodes/s, engine-fp32 0.584 (1.12x), engine-auto 0.807 (1.55x: target
+MISSED), vllm-fp32 0.650, vllm-bf16 0.955 (1.18x the engine in bf16; its ~30 s start not
+counted). The base student's episodes are short (~80 generated tokens each), so this measures
+per-turn overhead (rendering and tokenizing the whole conversation each turn, eight episode
+threads and the engine sharing the GIL, the lockstep wait for every episode's next request)
+more than decoding; a trained student's longer episodes are still to be measured.
+
 Run: python bench/generate.py [--student PATH] [--episodes 40] [--concurrency 8]
      [--variants batcher-fp32,engine-fp32,engine-auto,vllm-fp32,vllm-bf16]
 """
