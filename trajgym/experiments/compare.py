@@ -159,8 +159,7 @@ def _run_cell(
     reproduced = _reproduced(config, cell, budget, results)
     name = display_name(config, cell)
     spec = student(made.model, config.eval.max_new_tokens)
-    evaluated = evaluate({name: spec}, places, config.eval, _eval_dir(config, cell), config.seed)
-    outcomes, errors = _outcomes(config, cell, places)
+    evaluated = _evaluated(config, cell, places, name, spec)
     data = None
     if made.data is not None:
         generated = _generated(config, cell.source, cell.budget, pools)
@@ -179,9 +178,6 @@ def _run_cell(
         digest=digest,
         identity=identity,
         student=folder_digest(made.model.folder),
-        outcomes=outcomes,
-        infrastructure_errors=errors,
-        metrics={p: m.as_json() for p, m in evaluated[name].items()},
         compute=dict(made.compute),
         data=data,
         timings={
@@ -190,6 +186,7 @@ def _run_cell(
         },
         made_by=made_by(),
         reproduced=reproduced,
+        **evaluated,
     )
     results.save(record)
     return record
@@ -262,8 +259,7 @@ def _reference_cells(
         recorded = results.fresh(cell.name, digest)
         if recorded is None:
             started = time.perf_counter()
-            evaluated = evaluate({name: agent}, places, e, _eval_dir(config, cell), config.seed)
-            outcomes, errors = _outcomes(config, cell, places)
+            evaluated = _evaluated(config, cell, places, name, agent)
             recorded = CellRecord(
                 name=cell.name,
                 source=cell.source,
@@ -271,12 +267,10 @@ def _reference_cells(
                 digest=digest,
                 identity=identity,
                 student=None,
-                outcomes=outcomes,
-                infrastructure_errors=errors,
-                metrics={p: m.as_json() for p, m in evaluated[name].items()},
                 compute={},
                 timings={"total_s": round(time.perf_counter() - started, 1)},
                 made_by=made_by(),
+                **evaluated,
             )
             results.save(recorded)
         records[name] = recorded
@@ -287,14 +281,24 @@ def _eval_dir(config: CompareConfig, cell: Cell) -> Path:
     return config.output_dir / "eval" / cell.name
 
 
-def _outcomes(
-    config: CompareConfig, cell: Cell, places: list[Place]
-) -> tuple[dict[str, dict[str, list[bool]]], dict[str, list[str]]]:
+def _evaluated(
+    config: CompareConfig, cell: Cell, places: list[Place], name: str, agent: AgentSpec
+) -> dict[str, Any]:
+    """`agent` evaluated on every place, as a record's fields.
+
+    Per-task outcomes, infrastructure errors (kept apart: never counted as failures), metrics.
+    """
+    folder = _eval_dir(config, cell)
+    metrics = evaluate({name: agent}, places, config.eval, folder, config.seed)[name]
     outcomes, errors = {}, {}
     for place in places:
-        store = next(_eval_dir(config, cell).glob(f"*-{_slug(place.label)}.jsonl"))
+        store = next(folder.glob(f"*-{_slug(place.label)}.jsonl"))
         outcomes[place.label], errors[place.label] = outcomes_of(store)
-    return outcomes, errors
+    return {
+        "outcomes": outcomes,
+        "infrastructure_errors": errors,
+        "metrics": {p: m.as_json() for p, m in metrics.items()},
+    }
 
 
 def _slug(label: str) -> str:

@@ -9,7 +9,7 @@ import json
 import shutil
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,19 +112,22 @@ def prepare_model(config: ModelTraining, device: str) -> tuple[Any, Any]:
 
         model = PeftModel.from_pretrained(model, str(config.adapter), is_trainable=True)
     elif config.lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=0.0,
-                target_modules=config.lora_targets,
-                task_type="CAUSAL_LM",
-            ),
-        )
+        model = with_lora(model, config.lora_r, config.lora_alpha, config.lora_targets)
     return model, tokenizer
+
+
+def with_lora(model: Any, rank: int, alpha: int, targets: Sequence[str]) -> Any:
+    """`model` wrapped in a fresh LoRA adapter (no dropout: training stays deterministic)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(targets),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
 
 
 def save_checkpoint(out: Path, accelerator: Any, state: dict[str, Any]) -> None:

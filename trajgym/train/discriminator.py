@@ -24,6 +24,7 @@ from trajgym.agents.models import DEFAULT_STUDENT, load_student
 from trajgym.errors import ConfigError
 from trajgym.records.schema import Message
 from trajgym.rollouts.config import StudentDtype
+from trajgym.train.common import with_lora
 
 
 class DiscriminatorConfig(BaseModel):
@@ -91,18 +92,8 @@ class Discriminator:
         with torch.random.fork_rng(devices=rng_devices):  # seeded, the caller's RNG untouched
             torch.manual_seed(config.seed)
             if config.lora:
-                from peft import LoraConfig, get_peft_model
-
-                backbone = get_peft_model(
-                    backbone,
-                    LoraConfig(
-                        r=config.lora_r,
-                        lora_alpha=config.lora_alpha,
-                        lora_dropout=0.0,
-                        target_modules=config.lora_targets,
-                        task_type="CAUSAL_LM",
-                    ),
-                )
+                c = config
+                backbone = with_lora(backbone, c.lora_r, c.lora_alpha, c.lora_targets)
             hidden = backbone.config.get_text_config().hidden_size
             self.head = torch.nn.Linear(hidden, 1).to(device)
             torch.nn.init.normal_(self.head.weight, std=hidden**-0.5)
