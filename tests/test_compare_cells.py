@@ -51,6 +51,13 @@ def _config(models: tuple[Path, Path], tmp: Path, **changes: Any) -> CompareConf
         "keep": "verified",
         "sft": {"model": str(student), "max_optimizer_steps": 1, "batch_size": 2, "bf16": False},
         "rl": {"tasks_per_step": 1, "group_size": 2, "max_new_tokens": 8, "max_turns": 3},
+        "rollouts": {
+            "max_tasks": 2,
+            "tasks_per_round": 2,
+            "samples_per_task": 2,
+            "max_new_tokens": 8,
+            "max_turns": 3,
+        },
         "eval": {
             "num_tasks": 2,
             "heldout_tasks": 1,
@@ -176,3 +183,18 @@ def test_a_copied_results_folder_resumes_on_a_clean_machine(models, tmp_path, tr
     assert report["students"]["sft+rl student"]["cell"] == "sft+rl@2"
     assert records["sft+rl@2"].reproduced == {"teacher@2": True}
     assert records["teacher@2"] == ResultsFolder(tmp_path / "a" / "results").records()["teacher@2"]
+
+
+def test_adding_a_source_that_plays_keeps_the_harvest_and_its_cells(models, tmp_path) -> None:
+    config = _config(models, tmp_path, sources=["teacher"])
+    run_compare(config, show_progress=False)
+    data = tmp_path / "results" / "data"
+    harvest = (data / "teacher.jsonl.gz").read_bytes()
+    before = ResultsFolder(tmp_path / "results").records()["teacher@2"]
+    # On a new machine (no work folder), `self` is added: it plays after the harvest, so the
+    # pools change, while the harvest (timings and all) and the cells trained on it do not.
+    shutil.rmtree(tmp_path / "work")
+    run_compare(_config(models, tmp_path, sources=["teacher", "self"]), show_progress=False)
+    assert (data / "teacher.jsonl.gz").read_bytes() == harvest
+    assert json.loads((data / "pools.json").read_text())["identity"]["played"] == ["self"]
+    assert ResultsFolder(tmp_path / "results").records()["teacher@2"] == before  # not retrained

@@ -28,9 +28,8 @@ from trajgym.train.common import TrainedModel
 from trajgym.train.identity import agent_identity, model_digest
 
 
-def pools_identity(config: CompareConfig) -> dict[str, Any]:
-    """What the pools depend on: teacher, generator, how episodes are played and kept."""
-    played = {"self", "on_policy"} & set(config.sources)
+def harvest_identity(config: CompareConfig) -> dict[str, Any]:
+    """What the teacher's harvest depends on (not which sources play after it)."""
     return {
         "env": config.env,
         "seed": config.seed,
@@ -38,6 +37,14 @@ def pools_identity(config: CompareConfig) -> dict[str, Any]:
         "teacher": agent_identity(config.teacher),
         "keep": config.keep,
         "judge": config.judge.model_dump(mode="json"),
+    }
+
+
+def pools_identity(config: CompareConfig) -> dict[str, Any]:
+    """What the pools depend on: teacher, generator, how episodes are played and kept."""
+    played = {"self", "on_policy"} & set(config.sources)
+    return {
+        **harvest_identity(config),
         "played": sorted(played),
         "rollouts": config.rollouts.model_dump(mode="json") if played else None,
         "generator": _generator_identity(config) if played else None,
@@ -59,6 +66,12 @@ def ensure_pools(
                 _gunzip(results.data / f"{name}.gz", data / name)
             pools = _pools_from(data, saved)
             return pools, saved["generator"]
+        if saved.get("harvest_digest") == cell_digest(harvest_identity(config)):
+            # Only what plays after the harvest changed (e.g. a source added): the harvest
+            # resumes from its saved files, unchanged, so the cells trained on it stay fresh.
+            for name in _HARVEST_FILES:
+                if name in saved["files"]:
+                    _gunzip(results.data / f"{name}.gz", data / name)
     pools, generator = _make_pools(config, show_progress, lap)
     files = sorted(p.name for p in data.glob("*.jsonl"))
     results.data.mkdir(parents=True, exist_ok=True)
@@ -66,6 +79,7 @@ def ensure_pools(
         _gzip(data / name, results.data / f"{name}.gz")
     saved = {
         "digest": digest,
+        "harvest_digest": cell_digest(harvest_identity(config)),
         "identity": pools_identity(config),
         "files": files,
         "first_free_task": pools.first_free_task,
@@ -75,6 +89,9 @@ def ensure_pools(
     }
     manifest.write_text(json.dumps(saved, indent=1, default=str) + "\n")
     return pools, generator
+
+
+_HARVEST_FILES = ("teacher.jsonl", "teacher.rollouts.jsonl")
 
 
 def _pools_from(data: Path, saved: dict[str, Any]) -> Pools:
