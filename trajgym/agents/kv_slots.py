@@ -8,7 +8,7 @@ is from one turn to the next.
 
 A *prefix* (the system prompt and tool schemas every episode of an environment starts with)
 is computed once and kept in the prefix bank; every row attends to its prefix there and to
-its own slot after it, and softmax runs over both at once. No row copies the prefix.
+its own slot after it, and the two are merged by their log-sum-exps. No row copies the prefix.
 
 Keys and values beyond a slot's length are masked, but masked entries still pass through
 the matmuls, so they must be finite: the first use of each region zeroes it
@@ -51,7 +51,18 @@ class StepPlan:
     decode_slots: torch.Tensor | None = None
     decode_rows: int = 0  # slots [0, decode_rows) cover every decoding slot
     decode_width: int = 0  # own positions they attend to
-    decode_mask: torch.Tensor | None = None  # (rows, 1, 1, bank + width) True = attend
+    decode_mask: torch.Tensor | None = None  # (rows, 1, 1, width) additive: own positions
+    decode_shared: torch.Tensor | None = None  # (rows, bank) True = seen; None: all of it
+    _bank_mask: torch.Tensor | None = None
+
+    def bank_mask(self, group: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """The decoding rows' additive mask over the bank, a row per (row, query head)."""
+        if self.decode_shared is None:
+            return None
+        if self._bank_mask is None:  # made once per step, used by every layer
+            visible = self.decode_shared.repeat_interleave(group, dim=0)
+            self._bank_mask = _additive(visible, dtype)[None, None]
+        return self._bank_mask
 
 
 class KVSlots:
@@ -155,22 +166,23 @@ class KVSlots:
             dense = q.new_zeros((rows, heads, dim))
             dense[plan.decode_slots] = queries
             queries = dense
+        # A kv head's query heads are its "positions": grouped-query attention, no KV copied.
         qg = queries.view(rows, kv, group, dim)
         keys = self.keys[layer, :rows, :, :width]
         values = self.values[layer, :rows, :, :width]
-        scores = torch.matmul(qg, keys.transpose(-1, -2))  # (rows, kv, group, width)
+        out, lse = _attention(qg, keys, values, plan.decode_mask, scale)
         bank = self.bank_length
-        if bank:  # every row's queries against the bank in one matmul per kv head
-            flat = qg.permute(1, 0, 2, 3).reshape(kv, rows * group, dim)
-            shared = torch.matmul(flat, self.bank_keys[layer].transpose(-1, -2))
-            shared = shared.view(kv, rows, group, bank).permute(1, 0, 2, 3)
-            scores = torch.cat([shared, scores], dim=-1)
-        probs = _softmax(scores, plan.decode_mask, scale)
-        out = torch.matmul(probs[..., bank:], values)
-        if bank:
-            flat_p = probs[..., :bank].permute(1, 0, 2, 3).reshape(kv, rows * group, bank)
-            from_bank = torch.matmul(flat_p, self.bank_values[layer])
-            out = out + from_bank.view(kv, rows, group, dim).permute(1, 0, 2, 3)
+        if bank:  # every row's queries against the bank at once, per kv head
+            flat = qg.permute(1, 0, 2, 3).reshape(1, kv, rows * group, dim)
+            bank_k, bank_v = self.bank_keys[layer][None], self.bank_values[layer][None]
+            mask = plan.bank_mask(group, q.dtype)
+            shared, shared_lse = _attention(flat, bank_k, bank_v, mask, scale)
+            shared = shared.view(kv, rows, group, dim).permute(1, 0, 2, 3)
+            shared_lse = shared_lse.view(kv, rows, group).permute(1, 0, 2)
+            if plan.decode_shared is not None:  # a row without a prefix takes nothing from it
+                without = ~plan.decode_shared.any(dim=-1)[:, None, None]
+                shared_lse = shared_lse.masked_fill(without, float("-inf"))
+            out = _merge(out, lse, shared, shared_lse)
         return out.reshape(rows, heads, dim)[plan.decode_slots]
 
     def _prefill(self, layer: int, q: torch.Tensor, row: Prefill, scale: float) -> torch.Tensor:
@@ -179,32 +191,61 @@ class KVSlots:
         t, heads = row.count, q.shape[1]
         group = heads // kv
         qr = q[row.start : row.start + t].view(t, kv, group, dim).permute(1, 2, 0, 3)
-        flat = qr.reshape(kv, group * t, dim)
+        flat = qr.reshape(1, kv, group * t, dim)  # a kv head's (query head, token) pairs
         seen = row.past + t
-        keys = self.keys[layer, row.slot, :, :seen]
-        values = self.values[layer, row.slot, :, :seen]
-        scores = torch.matmul(flat, keys.transpose(-1, -2)).view(kv, group, t, seen)
-        start, length = row.prefix
-        if length:
-            bank_k = self.bank_keys[layer, :, start : start + length]
-            shared = torch.matmul(flat, bank_k.transpose(-1, -2)).view(kv, group, t, length)
-            scores = torch.cat([shared, scores], dim=-1)
+        keys = self.keys[layer, row.slot, :, :seen][None]
+        values = self.values[layer, row.slot, :, :seen][None]
         own = torch.arange(seen, device=q.device)[None] <= row.past + torch.arange(t)[:, None]
-        visible = torch.cat([own.new_ones((t, length)), own], dim=-1)
-        probs = _softmax(scores, visible, scale).reshape(kv, group * t, length + seen)
-        out = torch.matmul(probs[..., length:], values)
-        if length:
-            bank_v = self.bank_values[layer, :, start : start + length]
-            out = out + torch.matmul(probs[..., :length], bank_v)
+        out, lse = _attention(flat, keys, values, _additive(own.repeat(group, 1), q.dtype), scale)
+        start, length = row.prefix
+        if length:  # the whole prefix is visible to every token
+            bank_k = self.bank_keys[layer, :, start : start + length][None]
+            bank_v = self.bank_values[layer, :, start : start + length][None]
+            shared, shared_lse = _attention(flat, bank_k, bank_v, None, scale)
+            out = _merge(out, lse, shared, shared_lse)
         return out.view(kv, group, t, dim).permute(2, 0, 1, 3).reshape(t, heads, dim)
 
 
-def _softmax(scores: torch.Tensor, visible: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """Attention weights in fp32 (as transformers' eager attention), cast back."""
-    s = scores.float() * scale
-    if visible is not None:
-        s = s.masked_fill(~visible, float("-inf"))
-    return torch.softmax(s, dim=-1).to(scores.dtype)
+# PyTorch's CPU flash-attention kernel: fp32 accumulation for bf16, strided keys read in
+# place, and it returns the log-sum-exp that merging two key sets needs. On bf16 decoding it
+# is ~3x the matmul-softmax-matmul it replaced (strided bf16 batched matmuls are slow on CPU).
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention (B, H, Lq, dim) and its log-sum-exp (B, H, Lq), in fp32.
+
+    ``mask`` is additive (0 or -inf), of q's dtype, broadcast to (B, H, Lq, Lk).
+    """
+    if q.device.type == "cpu" and _CPU_FLASH is not None:
+        out, lse = _CPU_FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
+        return out, lse
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # as eager attention
+    if mask is not None:
+        s = s + mask.float()
+    return torch.matmul(torch.softmax(s, dim=-1).to(v.dtype), v), torch.logsumexp(s, dim=-1)
+
+
+def _merge(
+    out: torch.Tensor, lse: torch.Tensor, other: torch.Tensor, other_lse: torch.Tensor
+) -> torch.Tensor:
+    """Attention over two key sets at once, from each set's output and log-sum-exp.
+
+    ``out``'s keys are never all masked (a row sees at least its own token); where
+    ``other``'s all are (a row without a prefix), the caller sets its log-sum-exp to -inf
+    (the CPU kernel returns a finite one there): its weight is then zero, its output ignored.
+    """
+    top = torch.maximum(lse, other_lse)
+    w, w_other = torch.exp(lse - top)[..., None], torch.exp(other_lse - top)[..., None]
+    other = torch.where(w_other > 0, other.float(), 0.0)
+    return ((out.float() * w + other * w_other) / (w + w_other)).to(out.dtype)
+
+
+def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask (True = attend) as the additive one attention kernels take."""
+    return torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, float("-inf"))
 
 
 @dataclass
@@ -258,7 +299,7 @@ def _plan_decode(plan: StepPlan, decoding: list[tuple[int, RowStep]], cache: KVS
     rows = max(r.slot for _, r in decoding) + 1
     width = max(r.past + 1 for _, r in decoding)
     seen = torch.ones(rows, dtype=torch.long)  # a row not decoding sees position 0 (unused)
-    spans = torch.zeros((rows, 2), dtype=torch.long)
+    spans = torch.tensor([[0, cache.bank_length]] * rows, dtype=torch.long)  # and all the bank
     for _, r in decoding:
         seen[r.slot] = r.past + 1
         spans[r.slot, 0], spans[r.slot, 1] = r.prefix[0], r.prefix[0] + r.prefix[1]
@@ -268,4 +309,5 @@ def _plan_decode(plan: StepPlan, decoding: list[tuple[int, RowStep]], cache: KVS
     plan.decode_tokens = torch.tensor([start for start, _ in decoding])
     plan.decode_slots = torch.tensor([r.slot for _, r in decoding])
     plan.decode_rows, plan.decode_width = rows, width
-    plan.decode_mask = torch.cat([shared, own], dim=-1)[:, None, None]
+    plan.decode_mask = _additive(own, cache.keys.dtype)[:, None, None]
+    plan.decode_shared = None if bool(shared.all()) else shared
