@@ -18,15 +18,20 @@ Target (issue 33): engine-auto / batcher-fp32 >= 3x episodes/s.
 
 Measured 2026-12-07 (AMD EPYC, 2 cores, avx512_bf16: auto = bf16; quiet machine; the base
 student, 16 episodes, 8 in flight; every variant 16/16 outcomes alike, 0/16 successes):
-batcher-fp32 0.522 episodes/s, engine-fp32 0.584 (1.12x), engine-auto 0.807 (1.55x: target
-MISSED), vllm-fp32 0.650, vllm-bf16 0.955 (1.18x the engine in bf16; its ~30 s start not
-counted). The base student's episodes are short (~80 generated tokens each), so this measures
-per-turn overhead (rendering and tokenizing the whole conversation each turn, eight episode
-threads and the engine sharing the GIL, the lockstep wait for every episode's next request)
-more than decoding. With a trained student (compare's teacher@80, 32 episodes, 12/32 successes
-in every run): engine-auto at 8 in flight 0.609 episodes/s, at 16 0.839, at 32 1.239, against
-batcher-fp32 at 8 (the old default) 0.365: 3.39x at 32 in flight (16 episodes at 8 in flight:
-2.04x, 16/16 outcomes alike). Evaluation defaults to 32 in flight since.
+batcher-fp32 0.522 episodes/s, engine-fp32 0.584 (1.12x), engine-auto 0.807 (1.55x), vllm-fp32
+0.650, vllm-bf16 0.955. The base student's episodes are short (~80 generated tokens each).
+
+Measured 2026-12-07 (Intel Xeon with AMX, 2 cores: auto = bf16; quiet machine; the main job's
+SFT student, 40 episodes, ~190 generated tokens each), after the engine's attention moved to
+PyTorch's CPU flash kernel (py-spy had shown 48% of the time in its matmul-softmax-matmul
+attention: strided bf16 batched matmuls run at ~3 GB/s on CPU):
+    batcher-fp32@8 (the old default) 0.173 episodes/s, 36/40 successes
+    engine-fp32@32 0.476 (2.75x), engine-auto@32 0.630 (3.64x: target met), 40/40 outcomes alike
+    next run: engine-auto@32 0.648, vllm-bf16@32 0.611 (0.94x the engine; its 36 s start not
+    counted), engine-auto@64 0.766; every variant 36/40 successes.
+Before that change, on the same machine and student: engine-auto@8 1.29x, @32 2.26x, and
+vllm-bf16@32 1.15x the engine. The local engine is the faster on this CPU: it stays the default,
+and vLLM serves where it is faster (a GPU) or where users run it.
 
 Run: python bench/generate.py [--student PATH] [--episodes 40] [--concurrency 8]
      [--variants batcher-fp32@8,engine-auto@32,vllm-bf16@32]   (@N: episodes in flight)

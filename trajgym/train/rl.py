@@ -183,6 +183,8 @@ def run_rollouts(
     finally:
         if source is None:
             replies.close()
+        elif isinstance(replies, Engine):
+            replies.drop_caches()  # the run's engine keeps its weights, not its KV pages
         release_freed_memory()  # the rollouts' KV caches, before the update allocates
 
 
