@@ -190,13 +190,9 @@ class Engine:
 
         Call it between runs: no request may be in flight.
         """
+        self.drop_caches()
         with self._changed:
-            if self._queue or self._running:
-                raise RuntimeError("refresh() while replies are being generated")
             self.weights = read_weights(self.model, self.weights.dtype)
-            self._sessions.clear()
-            self._prefixes.clear()
-            self.cache.set_bank([], [])
 
     def drop_caches(self) -> None:
         """Forget every conversation and prefix, and hand the KV cache's pages back.
@@ -207,7 +203,7 @@ class Engine:
         """
         with self._changed:
             if self._queue or self._running:
-                raise RuntimeError("drop_caches() while replies are being generated")
+                raise RuntimeError("caches dropped while replies are being generated")
             self._sessions.clear()
             self._prefixes.clear()
             old = self.cache

@@ -69,8 +69,8 @@ def ensure_pools(
         if saved.get("harvest_digest") == cell_digest(harvest_identity(config)):
             # Only what plays after the harvest changed (e.g. a source added): the harvest
             # resumes from its saved files, unchanged, so the cells trained on it stay fresh.
-            for name in _HARVEST_FILES:
-                if name in saved["files"]:
+            for name in saved["files"]:
+                if name.startswith("teacher."):  # its episodes, kept ones and verdicts
                     _gunzip(results.data / f"{name}.gz", data / name)
     pools, generator = _make_pools(config, show_progress, lap)
     files = sorted(p.name for p in data.glob("*.jsonl"))
@@ -89,9 +89,6 @@ def ensure_pools(
     }
     manifest.write_text(json.dumps(saved, indent=1, default=str) + "\n")
     return pools, generator
-
-
-_HARVEST_FILES = ("teacher.jsonl", "teacher.rollouts.jsonl")
 
 
 def _pools_from(data: Path, saved: dict[str, Any]) -> Pools:
