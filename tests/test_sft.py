@@ -249,6 +249,18 @@ def test_the_same_config_twice_gives_the_same_losses(setup, tmp_path: Path) -> N
     assert other["losses"] != first["losses"]  # the seed does reach the run
 
 
+def test_the_same_data_in_another_order_gives_the_same_losses(setup, tmp_path: Path) -> None:
+    """A harvest writes episodes as they finish: its file order must not change the student."""
+    data, _ = setup
+    lines = data.read_text(encoding="utf-8").splitlines(keepends=True)
+    reversed_data = tmp_path / "reversed.jsonl"
+    reversed_data.write_text("".join(reversed(lines)), encoding="utf-8")
+    settings = dict(lora=True, max_optimizer_steps=4, bucket_by_length=False)
+    first = train(config(setup, tmp_path / "a", **settings))
+    second = train(config(setup, tmp_path / "b", data=[reversed_data], **settings))
+    assert first["losses"] == second["losses"]
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_gradient_checkpointing_trains_the_same_model(setup, tmp_path: Path, lora: bool) -> None:
     """Recomputing activations saves memory, not learning: the losses are those without it."""

