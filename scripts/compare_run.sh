@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Run a comparison that outlives the machine: `trajgym compare` runs from a snapshot of HEAD
+# (a git worktree, so editing this checkout cannot change the run halfway), and each time a
+# cell lands its results folder is copied back here and committed. A session that ends mid-run
+# loses at most the cell in progress; the next one, on any machine, runs this again and resumes
+# from the committed folder (finished cells are skipped by identity).
+#
+#   bash scripts/compare_run.sh [CONFIG] [compare options...]
+#   bash scripts/compare_run.sh configs/compare.yaml --set 'sources=[teacher,rationale]'
+#
+# Stop it with: kill $(cat .compare-run.pid)   (the cell in progress is lost, nothing else)
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+config=${1:-configs/compare.yaml}
+shift || true
+python=.venv/bin/python
+[ -x "$python" ] || { echo "compare_run: run scripts/setup.sh first" >&2; exit 2; }
+results=$("$python" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['results_dir'])" "$config")
+snapshot=.compare-run
+git worktree remove --force "$snapshot" 2>/dev/null || rm -rf "$snapshot"
+git worktree prune
+git worktree add --detach "$snapshot" HEAD >/dev/null
+mkdir -p "$results"
+# Results committed after HEAD (or not committed at all) travel with the snapshot.
+mkdir -p "$snapshot/$results" && cp -a "$results/." "$snapshot/$results/"
+# A white-box teacher made by this checkout's main job (runs/ is not tracked).
+[ -d runs/quickstart ] && mkdir -p "$snapshot/runs" && ln -sfn "$PWD/runs/quickstart" "$snapshot/runs/quickstart"
+
+commit_new_cells() {
+    if ! diff -rq "$snapshot/$results" "$results" >/dev/null 2>&1; then
+        cp -a "$snapshot/$results/." "$results/"
+        git add -- "$results"
+        local cells
+        cells=$(git diff --cached --name-only -- "$results/cells" | xargs -rn1 basename | tr '\n' ' ')
+        git commit -q -m "compare run: ${cells:-report}($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))" -- "$results" || true
+    fi
+}
+
+echo "compare_run: $config from $(git rev-parse --short HEAD), results committed to $results"
+# Work files (weights a later cell starts from, episode stores) stay in this checkout's runs/,
+# so a restarted snapshot keeps them.
+root=$PWD
+(cd "$snapshot" && PYTHONPATH="$PWD" exec "$root/$python" -m trajgym compare "$config" \
+    --set "output_dir=$root/$("$root/$python" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['output_dir'])" "$config")" "$@") &
+run=$!
+echo $$ > .compare-run.pid
+trap 'kill $run 2>/dev/null; wait $run 2>/dev/null; commit_new_cells; exit 130' INT TERM
+while kill -0 $run 2>/dev/null; do
+    sleep 60
+    commit_new_cells
+done
+wait $run && status=0 || status=$?
+commit_new_cells
+exit $status
