@@ -23,8 +23,9 @@ git worktree add --detach "$snapshot" HEAD >/dev/null
 mkdir -p "$results"
 # Results committed after HEAD (or not committed at all) travel with the snapshot.
 mkdir -p "$snapshot/$results" && cp -a "$results/." "$snapshot/$results/"
-# A white-box teacher made by this checkout's main job (runs/ is not tracked).
-[ -d runs/quickstart ] && mkdir -p "$snapshot/runs" && ln -sfn "$PWD/runs/quickstart" "$snapshot/runs/quickstart"
+# The snapshot's runs/ is this checkout's: work files (weights a later cell starts from, episode
+# stores) outlive a restarted snapshot, and a white-box teacher made by the main job is found.
+mkdir -p runs && ln -sfn "$PWD/runs" "$snapshot/runs"
 
 commit_new_cells() {
     if ! diff -rq "$snapshot/$results" "$results" >/dev/null 2>&1; then
@@ -37,11 +38,7 @@ commit_new_cells() {
 }
 
 echo "compare_run: $config from $(git rev-parse --short HEAD), results committed to $results"
-# Work files (weights a later cell starts from, episode stores) stay in this checkout's runs/,
-# so a restarted snapshot keeps them.
-root=$PWD
-(cd "$snapshot" && PYTHONPATH="$PWD" exec "$root/$python" -m trajgym compare "$config" \
-    --set "output_dir=$root/$("$root/$python" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['output_dir'])" "$config")" "$@") &
+(cd "$snapshot" && PYTHONPATH="$PWD" exec "../$python" -m trajgym compare "$config" "$@") &
 run=$!
 echo $$ > .compare-run.pid
 trap 'kill $run 2>/dev/null; wait $run 2>/dev/null; commit_new_cells; exit 130' INT TERM
