@@ -28,8 +28,8 @@ mkdir -p "$snapshot/$results" && cp -a "$results/." "$snapshot/$results/"
 mkdir -p runs && ln -sfn "$PWD/runs" "$snapshot/runs"
 
 commit_new_cells() {
-    if ! diff -rq "$snapshot/$results" "$results" >/dev/null 2>&1; then
-        cp -a "$snapshot/$results/." "$results/"
+    diff -rq "$snapshot/$results" "$results" >/dev/null 2>&1 || cp -a "$snapshot/$results/." "$results/"
+    if [ -n "$(git status --porcelain -- "$results")" ]; then  # a failed commit is retried
         git add -- "$results"
         local cells
         cells=$(git diff --cached --name-only -- "$results/cells" | xargs -rn1 basename | tr '\n' ' ')
