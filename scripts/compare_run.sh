@@ -28,7 +28,7 @@ mkdir -p "$snapshot/$results" && cp -a "$results/." "$snapshot/$results/"
 mkdir -p runs && ln -sfn "$PWD/runs" "$snapshot/runs"
 
 commit_new_cells() {
-    diff -rq "$snapshot/$results" "$results" >/dev/null 2>&1 || cp -a "$snapshot/$results/." "$results/"
+    cp -a "$snapshot/$results/." "$results/"  # small; git sees what changed
     if [ -n "$(git status --porcelain -- "$results")" ]; then  # a failed commit is retried
         git add -- "$results"
         local cells
