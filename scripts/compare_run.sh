@@ -15,6 +15,7 @@ config=${1:-configs/compare.yaml}
 shift || true
 python=.venv/bin/python
 [ -x "$python" ] || { echo "compare_run: run scripts/setup.sh first" >&2; exit 2; }
+[ -f "$config" ] || { echo "compare_run: no config file $config" >&2; exit 2; }
 results=$("$python" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['results_dir'])" "$config")
 snapshot=.compare-run
 git worktree remove --force "$snapshot" 2>/dev/null || rm -rf "$snapshot"
