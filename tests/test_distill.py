@@ -204,6 +204,36 @@ def test_steps_on_the_loss_raise_what_the_teacher_prefers_and_lower_the_rest(pai
 # Logit distillation ---------------------------------------------------------------------------
 
 
+def test_a_frozen_teacher_with_an_adapter_is_merged_and_scores_as_the_adapter_does(
+    pair, tmp_path: Path
+) -> None:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trajgym.train.distill import load_frozen_teacher
+
+    student, _ = pair
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(student), lora)
+    with torch.no_grad():  # a trained adapter: it changes the model
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    adapted.save_pretrained(tmp_path / "adapter")
+    text = (Path(student).parent / "text.txt").read_text()
+    ids = torch.tensor([tokenizer(text).input_ids[:40]])
+    base = AutoModelForCausalLM.from_pretrained(student)
+    reference = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+    teacher = load_frozen_teacher(str(student), tmp_path / "adapter", "float32", tokenizer, "cpu")
+    assert not any("lora" in name for name, _ in teacher.named_modules())
+    with torch.no_grad():
+        merged, unmerged = teacher(input_ids=ids).logits, reference(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(student)(input_ids=ids).logits
+    assert not torch.allclose(unmerged, plain, atol=1e-3)  # the adapter does change the scores
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-4)
+
+
 def test_top_k_kl_is_zero_for_equal_models_and_the_full_kl_at_full_k() -> None:
     from trajgym.train.distill import top_k_kl
 
