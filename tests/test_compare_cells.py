@@ -154,6 +154,38 @@ def test_cells_are_recorded_freed_skipped_and_recomputed_when_changed(
     assert after["teacher@2"].digest != recorded["teacher@2"].digest
 
 
+def test_a_run_stopped_halfway_leaves_the_report_of_its_recorded_cells(
+    models, tmp_path, monkeypatch
+) -> None:
+    import trajgym.experiments.compare as compare
+
+    def stopped(config, source, *args, _make=compare.make_student, **kwargs):  # type: ignore[no-untyped-def]
+        if source == "sft+rl":
+            raise KeyboardInterrupt  # the session ends in the last cell
+        return _make(config, source, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "make_student", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(_config(models, tmp_path), show_progress=False)
+    report = json.loads((tmp_path / "results" / "report.json").read_text())
+    assert report["pending"] == ["sft+rl student"]
+    assert set(report["results"]) == {
+        "teacher",
+        "base student",
+        "teacher student",
+        "logit_kd student",
+    }
+    assert {r["source"] for r in report["paired"]} == {"logit_kd"}
+    text = (tmp_path / "results" / "report.md").read_text()
+    assert "In progress: 1 cell still to run** (sft+rl student)" in text
+    assert "logit_kd student" in text
+
+    monkeypatch.undo()  # resumed: the last cell runs and the report is whole
+    done = run_compare(_config(models, tmp_path), show_progress=False)
+    assert done["pending"] == [] and "sft+rl student" in done["results"]
+    assert "In progress" not in (tmp_path / "results" / "report.md").read_text()
+
+
 def test_a_copied_results_folder_resumes_on_a_clean_machine(models, tmp_path, trainings) -> None:
     config = _config(models, tmp_path / "a", sources=["teacher", "sft+rl"])
     run_compare(config, show_progress=False)

@@ -112,6 +112,12 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
     places = _places(config)
     records = _reference_cells(config, places, results, show_progress)
     plan = plan_cells(config, trainable)
+
+    def write_report(pending: list[Cell]) -> dict[str, Any]:
+        report = compare_report(config, records, matched, available, generator, timings)
+        report["pending"] = [display_name(config, c) for c in pending]
+        return _write_report(config, report, records, places, results.root)
+
     for i, cell in enumerate(plan):
         name = display_name(config, cell)
         records[name] = _run_cell(config, cell, matched[cell.budget], pools, places, results)
@@ -119,7 +125,19 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
         keep = needed_weights(config, plan[i + 1 :], matched)
         for students in sorted(out.glob("students*")):
             free_weights(students, keep)
-    report = compare_report(config, records, matched, available, generator, timings)
+        if i + 1 < len(plan):  # a run stopped halfway still leaves its report so far
+            write_report(plan[i + 1 :])
+    return write_report([])
+
+
+def _write_report(
+    config: CompareConfig,
+    report: dict[str, Any],
+    records: dict[str, CellRecord],
+    places: list[Place],
+    root: Path,
+) -> dict[str, Any]:
+    """The report of the cells recorded so far: JSON, Markdown and plots, in the results folder."""
     labels = [p.label for p in places]
     report["paired"] = paired_table(records, labels)
     report["noise_floor"] = noise_floor(records, labels)
@@ -129,13 +147,13 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
         model_parameters(_model_path(config.white_box.student)) if config.white_box else n_student
     )
     report["flops"] = {n: flops(r, n_student, n_teacher) for n, r in records.items() if r.budget}
-    plot_compute(report, results.root / "compute.png")
-    (results.root / "report.json").write_text(json.dumps(report, indent=1))
+    plot_compute(report, root / "compute.png")
+    (root / "report.json").write_text(json.dumps(report, indent=1))
     metrics = report_results(records)
-    (results.root / "report.md").write_text(render_compare_report(report, metrics))
-    plot_results(metrics, results.root / "success.png")
+    (root / "report.md").write_text(render_compare_report(report, metrics))
+    plot_results(metrics, root / "success.png")
     if len(config.budget_list) > 1:
-        plot_budgets(report, results.root / "budgets.png")
+        plot_budgets(report, root / "budgets.png")
     return report
 
 

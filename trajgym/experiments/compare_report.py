@@ -90,6 +90,7 @@ def render_compare_report(report: dict[str, Any], results: Results) -> str:
         )
         + ".",
         "",
+        *_pending_rows(report.get("pending", [])),
         *results_rows(results, ("student", "where"), with_pass_at_k=False),
     ]
     lines += ["", *_gap_rows(results)]
@@ -108,6 +109,18 @@ def render_compare_report(report: dict[str, Any], results: Results) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _pending_rows(pending: list[str]) -> list[str]:
+    """A run in progress says so first: its figures are the cells recorded so far."""
+    if not pending:
+        return []
+    return [
+        f"**In progress: {len(pending)} cell{'s' * (len(pending) > 1)} still to run** "
+        f"({', '.join(pending)}); "
+        "everything below is the cells recorded so far.",
+        "",
+    ]
 
 
 def _model(m: dict[str, Any]) -> str:
