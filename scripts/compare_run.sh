@@ -16,7 +16,30 @@ shift || true
 python=.venv/bin/python
 [ -x "$python" ] || { echo "compare_run: run scripts/setup.sh first" >&2; exit 2; }
 [ -f "$config" ] || { echo "compare_run: no config file $config" >&2; exit 2; }
-results=$("$python" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['results_dir'])" "$config")
+# The results folder as the run will see it: the config with the same --set / --smoke applied.
+results=$("$python" - "$config" "$@" <<'EOF'
+import sys
+
+from trajgym.config import load_config
+from trajgym.errors import TrajgymError
+from trajgym.experiments.compare_config import CompareConfig
+
+config, args = sys.argv[1], sys.argv[2:]
+sets = [a.split("=", 1)[1] for a in args if a.startswith("--set=")]
+sets += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
+try:
+    cfg = load_config(CompareConfig, config, sets)
+    if "--smoke" in args:
+        cfg = load_config(CompareConfig, config, [*cfg.smoke, *sets])
+except TrajgymError as e:
+    sys.exit(f"compare_run: {e}")
+print(cfg.results_dir or cfg.output_dir / "results")
+EOF
+)
+if [ -f .compare-run.pid ] && kill -0 "$(cat .compare-run.pid)" 2>/dev/null; then
+    echo "compare_run: a run is going already (stop it with: kill \$(cat .compare-run.pid))" >&2
+    exit 2
+fi
 snapshot=.compare-run
 git worktree remove --force "$snapshot" 2>/dev/null || rm -rf "$snapshot"
 git worktree prune

@@ -22,6 +22,7 @@ def test_compare_smoke_trains_a_student_per_source_and_resumes(tmp_path) -> None
     args = ["compare", "configs/compare.yaml", "--smoke", "--set", f"output_dir={out}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert f"Report: {out / 'results' / 'report.md'}" in result.output.replace("\n", "")
     report = json.loads((out / "results" / "report.json").read_text())
     data = out / "data" / "b2"
     # Teacher data is verified; the untrained generator's own episodes all fail, so the self

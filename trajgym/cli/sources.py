@@ -85,7 +85,7 @@ def compare(
 
     Trains one student per source from the same base, evaluates each in- and out-of-
     distribution and on a held-out domain, and writes report.md / report.json / success.png
-    under the config's output_dir. Re-running resumes.
+    to the config's results_dir (output_dir/results if unset). Re-running resumes.
     """
     from trajgym.config import load_config
     from trajgym.experiments.compare import CompareConfig, run_compare
@@ -95,4 +95,4 @@ def compare(
         cfg = load_config(CompareConfig, config, [*cfg.smoke, *(set_ or [])])
     report = run_compare(cfg)
     console.print(results_table(report["results"], cfg.env, "student", "where"))
-    console.print(f"Report: {cfg.output_dir / 'report.md'}")
+    console.print(f"Report: {(cfg.results_dir or cfg.output_dir / 'results') / 'report.md'}")
