@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from trajgym.experiments.cells import CellRecord
 from trajgym.experiments.compare_report import gap, plot_budgets, render_compare_report
+from trajgym.experiments.compare_stats import paired_table
+from trajgym.experiments.paired import minimum_detectable_difference
 from trajgym.experiments.stages import results_json
 from trajgym.train.evaluate import EvalMetrics
 
@@ -79,3 +82,33 @@ def test_the_sweep_report_tabulates_every_source_and_budget(tmp_path: Path) -> N
     assert "White-box teacher: `runs/wb`" in text and "opd own episodes" in text
     plot_budgets(json.loads(json.dumps(report)) | {"budgets": [20, 40]}, tmp_path / "b.png")
     assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def _cell(source: str, outcomes: list[bool]) -> CellRecord:
+    return CellRecord(
+        name=f"{source}@40",
+        source=source,
+        budget=40,
+        digest="d",
+        identity={},
+        student="s",
+        outcomes={"test": {f"t{i:03d}": [o] for i, o in enumerate(outcomes)}},
+        infrastructure_errors={"test": []},
+        metrics={},
+        compute={},
+        timings={},
+        made_by={},
+    )
+
+
+def test_a_detectable_difference_is_reported_only_where_mcnemar_could_reject() -> None:
+    control = [True] * 10 + [False] * 190
+    records = {
+        "teacher": _cell("teacher", control),
+        "same": _cell("same", control),  # no task disagrees: nothing is detectable
+        "five": _cell("five", [True] * 15 + [False] * 185),  # 5 discordant: p >= 0.0625
+        "six": _cell("six", [True] * 16 + [False] * 184),
+    }
+    mdd = {r["source"]: r["mdd"] for r in paired_table(records, ["test"])}
+    assert mdd["same"] is None and mdd["five"] is None
+    assert mdd["six"] == pytest.approx(minimum_detectable_difference(200, 6 / 200))

@@ -48,16 +48,23 @@ def paired_table(records: dict[str, CellRecord], places: list[str]) -> list[dict
             d = paired_difference(a, b)
             rows.append(
                 {"source": r.source, "budget": r.budget, "place": place, **d.as_json()}
-                | {"mdd": _mdd(d.n, (d.a_wins + d.b_wins) / d.n)}
+                | {"mdd": _mdd(d.n, d.a_wins + d.b_wins)}
             )
     return rows
 
 
-def _mdd(n: int, discordance: float) -> float | None:
-    """The minimum detectable difference (None: too few tasks for the formula)."""
+# McNemar's exact test on k discordant tasks has 2 * 0.5**k as its smallest p-value: under
+# 0.05 only from k = 6. With fewer, no difference is detectable, however small the formula says.
+MIN_DISCORDANT = 6
+
+
+def _mdd(n: int, discordant: int) -> float | None:
+    """The minimum detectable difference at the observed discordance (None: none is)."""
+    if discordant < MIN_DISCORDANT:
+        return None
     try:
-        return minimum_detectable_difference(n, max(discordance, 1 / n))
-    except ValueError:
+        return minimum_detectable_difference(n, discordant / n)
+    except ValueError:  # too few tasks for the formula
         return None
 
 
@@ -157,7 +164,8 @@ def render_stats(report: dict[str, Any]) -> list[str]:
     lines = [
         "Each source minus output imitation (`teacher`) at the same budget, on the same tasks "
         "(paired bootstrap 95% interval; McNemar's exact p; MDD: the smallest difference these "
-        "n tasks detect at 80% power given the observed discordance):",
+        "n tasks detect at 80% power given the observed discordance; -: fewer than "
+        f"{MIN_DISCORDANT} tasks disagree, so McNemar's test could never reject):",
         "",
         "| source | budget | where | n | difference | 95% CI | wins / losses | p | MDD |",
         "|---|---|---|---|---|---|---|---|---|",
