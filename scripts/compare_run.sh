@@ -65,9 +65,11 @@ echo "compare_run: $config from $(git rev-parse --short HEAD), results committed
 (cd "$snapshot" && PYTHONPATH="$PWD" exec "../$python" -m trajgym compare "$config" "$@") &
 run=$!
 echo $$ > .compare-run.pid
-trap 'kill $run 2>/dev/null; wait $run 2>/dev/null; commit_new_cells; exit 130' INT TERM
+# Under set -e a failing kill or wait (the run is already gone, or was killed) would end the
+# trap before it commits: the last cell, landed since the last check, would stay uncommitted.
+trap 'kill $run 2>/dev/null || true; wait $run 2>/dev/null || true; commit_new_cells; exit 130' INT TERM
 while kill -0 $run 2>/dev/null; do
-    sleep 60
+    sleep 60 & wait $! || true  # a signal interrupts the wait at once (a bare sleep defers it)
     commit_new_cells
 done
 wait $run && status=0 || status=$?
