@@ -9,9 +9,9 @@ calls read no masked key at all. Printed: ms per layer call for each, same keys 
 
 Measured 2026-12-08 (AMD EPYC, 2 cores, avx512_bf16; quiet machine; 32 rows, bf16), ms per
 layer call, lengths spread from 64 to the longest:
-    longest 512 (mean 312):   one call 1.36, 2 chunks 1.33, 4 chunks 1.06, 8 chunks 1.18, per row 2.10
-    longest 1024 (mean 518):  one call 4.02, 2 chunks 2.74, 4 chunks 2.17, 8 chunks 2.21, per row 3.09
-    longest 2048 (mean 1014): one call 7.17, 2 chunks 4.94, 4 chunks 4.14, 8 chunks 3.92, per row 6.73
+    longest 512 (mean 312): one call 1.36, 2 chunks 1.33, 4 chunks 1.06, 8 chunks 1.18, row 2.10
+    longest 1024 (mean 518): one call 4.02, 2 chunks 2.74, 4 chunks 2.17, 8 chunks 2.21, row 3.09
+    longest 2048 (mean 1014): one call 7.17, 2 chunks 4.94, 4 chunks 4.14, 8 chunks 3.92, row 6.73
 Four contiguous chunks: 1.3-1.85x the one call the engine makes today (not yet adopted).
 
 Run: python bench/decode_attention.py [--rows 32] [--threads 2]
