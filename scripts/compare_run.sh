@@ -33,7 +33,7 @@ try:
         cfg = load_config(CompareConfig, config, [*cfg.smoke, *sets])
 except TrajgymError as e:
     sys.exit(f"compare_run: {e}")
-print(cfg.results_dir or cfg.output_dir / "results")
+print(cfg.results_root)
 EOF
 )
 if [ -f .compare-run.pid ] && kill -0 "$(cat .compare-run.pid)" 2>/dev/null; then

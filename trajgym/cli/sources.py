@@ -95,4 +95,4 @@ def compare(
         cfg = load_config(CompareConfig, config, [*cfg.smoke, *(set_ or [])])
     report = run_compare(cfg)
     console.print(results_table(report["results"], cfg.env, "student", "where"))
-    console.print(f"Report: {(cfg.results_dir or cfg.output_dir / 'results') / 'report.md'}")
+    console.print(f"Report: {cfg.results_root / 'report.md'}")

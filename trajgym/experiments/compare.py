@@ -93,7 +93,7 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
     identity is unchanged is skipped; a changed one is recomputed.
     """
     out = config.output_dir
-    results = ResultsFolder(config.results_dir or out / "results")
+    results = ResultsFolder(config.results_root)
     results.root.mkdir(parents=True, exist_ok=True)
     save_config(config, results.root / "config.yaml")
     timings: dict[str, float] = {}
@@ -120,12 +120,12 @@ def run_compare(config: CompareConfig, show_progress: bool = True) -> dict[str, 
 
     for i, cell in enumerate(plan):
         name = display_name(config, cell)
-        records[name] = _run_cell(config, cell, matched[cell.budget], pools, places, results)
+        records[name], made = _run_cell(config, cell, matched[cell.budget], pools, places, results)
         lap(f"cell_{cell.name}_s")
         keep = needed_weights(config, plan[i + 1 :], matched)
         for students in sorted(out.glob("students*")):
             free_weights(students, keep)
-        if i + 1 < len(plan):  # a run stopped halfway still leaves its report so far
+        if made and i + 1 < len(plan):  # a run stopped halfway still leaves its report so far
             write_report(plan[i + 1 :])
     return write_report([])
 
@@ -164,13 +164,16 @@ def _run_cell(
     pools: Pools,
     places: list[Place],
     results: ResultsFolder,
-) -> CellRecord:
-    """One cell: its record if made with this identity, else trained, evaluated, recorded."""
+) -> tuple[CellRecord, bool]:
+    """One cell: its record if made with this identity, else trained, evaluated, recorded.
+
+    The flag says whether it was made now (a reused record changes no report).
+    """
     identity = cell_identity(config, cell, budget, pools, places)
     digest = cell_digest(identity)
     recorded = results.fresh(cell.name, digest)
     if recorded is not None:
-        return recorded
+        return recorded, False
     started = time.perf_counter()
     made = make_student(config.with_seed(cell.seed), cast(Source, cell.source), budget, pools)
     trained_s = time.perf_counter() - started
@@ -207,7 +210,7 @@ def _run_cell(
         **evaluated,
     )
     results.save(record)
-    return record
+    return record, True
 
 
 def _sampled_twice(

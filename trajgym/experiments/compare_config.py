@@ -184,6 +184,11 @@ class CompareConfig(BaseModel):
             )
         return self
 
+    @property
+    def results_root(self) -> Path:
+        """Where cells, pools and the report go: ``results_dir``, else ``output_dir/results``."""
+        return self.results_dir or self.output_dir / "results"
+
     def with_seed(self, seed: int | None) -> CompareConfig:
         """The same run with students trained at another seed, in their own folders."""
         if seed is None:
